@@ -1,0 +1,196 @@
+"""One exception tree for the whole library.
+
+Every error carries a short machine-readable ``kind`` (used in tool results and
+logs), says whether retrying can help (``retryable``), and whether the broker
+must drop cached tokens because the server withdrew the delegation
+(``terminal``). Messages are written for the person who has to act on them and
+never contain a token.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthSecError",
+    "AuthenticationError",
+    "BrokerClosedError",
+    "CassetteError",
+    "ConfigurationError",
+    "DelegationExpiredError",
+    "EndpointRefusedError",
+    "FetchError",
+    "InsufficientScopeError",
+    "InvalidClientIdError",
+    "InvalidTokenResponseError",
+    "NotDelegatedError",
+    "ProtectedApiError",
+    "RateLimitedError",
+    "ResponseTooLargeError",
+    "ScopeNotGrantedError",
+    "ScopeRefusedError",
+    "ServerError",
+    "TokenError",
+    "TokenVerificationError",
+    "TransportError",
+    "TransportTimeoutError",
+]
+
+
+class AuthSecError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    kind: ClassVar[str] = "authsec_error"
+    retryable: ClassVar[bool] = False
+    terminal: ClassVar[bool] = False
+
+
+class ConfigurationError(AuthSecError):
+    """The settings are missing or wrong; nothing will work until they are fixed."""
+
+    kind = "configuration"
+
+
+class BrokerClosedError(AuthSecError):
+    """The broker is not running (never entered, or already closed)."""
+
+    kind = "broker_closed"
+
+
+# --- getting a token -------------------------------------------------------------
+
+
+class TokenError(AuthSecError):
+    """Getting a delegation token failed."""
+
+    kind = "token_error"
+
+
+class TransportError(TokenError):
+    """The AuthSec server could not be reached or answered with a transient fault."""
+
+    kind = "transport"
+    retryable = True
+
+
+class TransportTimeoutError(TransportError):
+    """The AuthSec server did not answer in time."""
+
+    kind = "timeout"
+
+
+class RateLimitedError(TransportError):
+    """The AuthSec server answered 429 (rate limited)."""
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServerError(TransportError):
+    """The AuthSec server answered 5xx."""
+
+    kind = "server_error"
+
+
+class InvalidClientIdError(TokenError, ConfigurationError):
+    """The server answered 400: the client id is missing or not a UUID."""
+
+    kind = "invalid_client_id"
+
+
+class AuthenticationError(TokenError):
+    """The server answered 401: the API token is missing or invalid."""
+
+    kind = "authentication"
+    terminal = True
+
+
+class NotDelegatedError(TokenError):
+    """The server answered 404: no active delegation (never delegated, or revoked)."""
+
+    kind = "not_delegated"
+    terminal = True
+
+
+class DelegationExpiredError(TokenError):
+    """The server answered 410: the delegation expired."""
+
+    kind = "delegation_expired"
+    terminal = True
+
+
+class InvalidTokenResponseError(TokenError):
+    """The server's answer could not be used (bad JSON, no token, not a JWT, ...)."""
+
+    kind = "invalid_response"
+
+
+class TokenVerificationError(TokenError):
+    """The token failed signature or claim verification; it is never used."""
+
+    kind = "verification_failed"
+
+
+class ScopeNotGrantedError(TokenError):
+    """The delegation does not grant the requested scopes."""
+
+    kind = "insufficient_scope"
+
+    def __init__(self, message: str, *, missing: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+# --- calling a protected API ---------------------------------------------------------
+
+
+class FetchError(AuthSecError):
+    """A protected-API call was refused or failed."""
+
+    kind = "fetch_error"
+
+
+class EndpointRefusedError(FetchError):
+    """The endpoint is not a safe relative path under the configured API origin."""
+
+    kind = "endpoint_refused"
+
+
+class ScopeRefusedError(FetchError):
+    """The scope is not allowed by configuration."""
+
+    kind = "scope_refused"
+
+
+class InsufficientScopeError(FetchError):
+    """The protected API answered 403, or the token does not hold the scope."""
+
+    kind = "insufficient_scope"
+
+
+class ResponseTooLargeError(FetchError):
+    """The protected API's answer is larger than the configured cap."""
+
+    kind = "response_too_large"
+
+
+class ProtectedApiError(FetchError):
+    """The protected API answered with an error status or an unusable body."""
+
+    kind = "api_error"
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# --- recorded sessions ---------------------------------------------------------------
+
+
+class CassetteError(AuthSecError):
+    """A cassette is missing, corrupt, of an unknown version, or lacks a request."""
+
+    kind = "cassette"

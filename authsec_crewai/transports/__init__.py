@@ -1,0 +1,40 @@
+"""Transports: live (the AuthSec server), mock (in process), record and replay.
+
+Names are imported lazily so that ``import authsec_crewai.transports`` stays
+cheap and a mode only loads what it uses.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .base import KeySet, Transport
+    from .live import LiveTransport
+    from .mock import MockTransport
+    from .replay import RecordingTransport, ReplayTransport
+
+__all__ = [
+    "KeySet",
+    "LiveTransport",
+    "MockTransport",
+    "RecordingTransport",
+    "ReplayTransport",
+    "Transport",
+]
+
+_WHERE = {
+    "KeySet": ".base",
+    "Transport": ".base",
+    "LiveTransport": ".live",
+    "MockTransport": ".mock",
+    "RecordingTransport": ".replay",
+    "ReplayTransport": ".replay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
