@@ -1,0 +1,377 @@
+"""structlog set-up, and the one processor that keeps secrets out of every log line.
+
+Redaction is a single structlog processor, :func:`redact_secrets`, not a habit
+at call sites: call sites forget, a processor does not. It walks the whole
+event (nested containers, exceptions, arbitrary objects' reprs, bytes) and
+masks anything shaped like a JWT or a bearer credential, and the values of
+keys that are named like secrets.
+
+The library's own modules log through :func:`get_logger`. Its loggers put
+``redact_secrets`` into whatever processor chain the application configured,
+resolved at each call, so the guarantee holds even when the application set
+up structlog itself (and never heard of this module), and later
+``structlog.configure`` calls still take effect.
+
+Applications may call :func:`configure` for a ready-made console or JSON
+set-up; the library never calls it on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import logging
+import re
+import sys
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from .redact import JWT_PATTERN, mask_jwt, redact_text
+
+__all__ = [
+    "REDACTED",
+    "LibraryLogger",
+    "configure",
+    "get_logger",
+    "redact_secrets",
+    "redact_value",
+]
+
+REDACTED = "[redacted]"
+"""What replaces a secret that is not a JWT (a JWT becomes ``jwt:<fingerprint>``)."""
+
+_MAX_DEPTH = 12
+"""Deeper nesting is cut off: a log line is not a data dump, and the walk must
+terminate on self-referencing structures."""
+
+# Key names whose values are secrets whatever they look like. Compared after
+# lower-casing and turning "-" into "_", so "Authorization", "X-Api-Key" and
+# "api_token" all match.
+_SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "api_token",
+        "apitoken",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "token",
+        "token_value",
+        "raw_token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "bearer",
+        "jwt",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "private_key",
+    }
+)
+_SECRET_SUFFIXES = ("_token", "_secret", "_password", "_api_key", "_apikey")
+
+# redact_text masks bearer values of eight or more characters; in a log line
+# even a short one ("Bearer xyz") is a credential, and so is HTTP Basic.
+_AUTH_SCHEME = re.compile(
+    r"(?i)\b(bearer|basic)(\s+)(?!jwt:[0-9a-f]{12}\b)(?!\[redacted\])([^\s,;\"'<>\[\](){}]+)"
+)
+
+# Values whose repr cannot carry a secret and whose type renderers know how to
+# format (JSON renderers and orjson handle some of them natively).
+_SAFE_SCALARS = (
+    bool,
+    int,
+    float,
+    type(None),
+    _dt.datetime,
+    _dt.date,
+    _dt.time,
+    _dt.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+)
+
+
+def _is_secret_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    name = key.strip().lower().replace("-", "_")
+    return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+
+
+def _scrub_text(text: str) -> str:
+    text = redact_text(text)
+    if "asic" in text or "earer" in text or "ASIC" in text or "EARER" in text:
+        text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return text
+
+
+def _mask_secret(value: Any) -> Any:
+    """The stand-in for the value of a secret-named key.
+
+    A JWT keeps its fingerprint (so log lines can still be correlated with the
+    token's ``fingerprint`` field); anything else is replaced outright.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    fingerprint = getattr(value, "fingerprint", None)
+    if isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{12}", fingerprint):
+        return f"jwt:{fingerprint}"
+    if isinstance(value, str) and JWT_PATTERN.fullmatch(value.strip()):
+        return mask_jwt(value.strip())
+    return REDACTED
+
+
+def _format_exception(exc_info: Any) -> str | None:
+    """Render ``exc_info`` (True, an exception, or a triple) as plain text, or None."""
+    if isinstance(exc_info, BaseException):
+        exc: BaseException | None = exc_info
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        exc = exc_info[1] if isinstance(exc_info[1], BaseException) else None
+    elif exc_info:
+        exc = sys.exc_info()[1]
+    else:
+        exc = None
+    if exc is None:
+        return None
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
+
+
+def redact_value(value: Any, *, _depth: int = 0, _seen: frozenset[int] = frozenset()) -> Any:
+    """``value`` with every secret masked: strings scrubbed, containers walked.
+
+    Objects other than plain data are replaced by their scrubbed ``repr`` (an
+    exception by ``"Type: message"``), because a renderer would otherwise call
+    ``repr``/``str`` on them after this processor has run, beyond its reach.
+    """
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if isinstance(value, _SAFE_SCALARS):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _scrub_text(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, BaseException):
+        return _scrub_text(f"{type(value).__name__}: {value}")
+    if _depth >= _MAX_DEPTH or id(value) in _seen:
+        return "[...]"
+    seen = _seen | {id(value)}
+    depth = _depth + 1
+    if isinstance(value, Mapping):
+        return {
+            redact_value(key, _depth=depth, _seen=seen): (
+                _mask_secret(item)
+                if _is_secret_key(key)
+                else redact_value(item, _depth=depth, _seen=seen)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_redact_item(item, depth, seen) for item in value]
+        if isinstance(value, list):
+            return items
+        if isinstance(value, tuple):
+            return tuple(items)
+        try:
+            return frozenset(items) if isinstance(value, frozenset) else set(items)
+        except TypeError:  # an element is unhashable after redaction
+            return items
+    structlog_hook = getattr(type(value), "__structlog__", None)
+    try:
+        text = str(structlog_hook(value)) if callable(structlog_hook) else repr(value)
+    except Exception:  # a broken __repr__ must not break logging
+        return f"<unrepresentable {type(value).__name__}>"
+    return _scrub_text(text)
+
+
+def _redact_item(item: Any, depth: int, seen: frozenset[int]) -> Any:
+    # A ("Authorization", "Bearer ...") pair, as in a list of headers, is a
+    # secret-named key too.
+    if isinstance(item, tuple) and len(item) == 2 and _is_secret_key(item[0]):
+        return (redact_value(item[0], _depth=depth, _seen=seen), _mask_secret(item[1]))
+    return redact_value(item, _depth=depth, _seen=seen)
+
+
+def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask every secret in the event, at any depth.
+
+    ``exc_info`` is rendered here, to scrubbed text under ``exception``:
+    renderers that format tracebacks themselves (rich, with local variables)
+    would otherwise print secrets this processor never saw. Placed anywhere in
+    a chain; idempotent, so running it twice is harmless. Given an
+    already-rendered string (it was placed after a renderer), it scrubs that.
+    """
+    untyped: Any = event_dict
+    if isinstance(untyped, str | bytes):
+        return redact_value(untyped)  # type: ignore[no-any-return]
+    if "exc_info" in event_dict:
+        rendered = _format_exception(event_dict.pop("exc_info"))
+        if rendered is not None:
+            event_dict["exception"] = rendered
+    result = redact_value(event_dict)
+    assert isinstance(result, dict)
+    return result
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+class _CurrentStderr:
+    """A file that writes to whatever ``sys.stderr`` is at the time of writing.
+
+    So ``configure()`` before a test harness (or an application) swaps
+    ``sys.stderr`` still writes where the application expects.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def configure(
+    format: Literal["console", "json"] = "console",
+    level: str | int = "INFO",
+    stream: IO[str] | None = None,
+) -> None:
+    """Set up structlog for an application: console or JSON lines, with redaction.
+
+    ``stream`` defaults to standard error (read at each write), keeping
+    standard output free for a program's actual output. This changes
+    structlog's global configuration, so only applications (and the CLI) call
+    it, never the library itself.
+    """
+    if format not in ("console", "json"):
+        raise ValueError(f"log format must be 'console' or 'json', not {format!r}")
+    if isinstance(level, str):
+        levels = logging.getLevelNamesMapping()
+        if level.upper() not in levels:
+            raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
+        min_level = levels[level.upper()]
+    else:
+        min_level = level
+    out: Any = stream if stream is not None else _CurrentStderr()
+    renderer: Processor
+    if format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        colors = bool(getattr(out, "isatty", lambda: False)())
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _guarded(processors: Iterable[Processor]) -> list[Processor]:
+    """The application's chain with ``redact_secrets`` first and just before the renderer.
+
+    First, so no processor of the application's (one that ships events to an
+    error tracker, say) sees a secret; again before the last one, because
+    processors in between add fields (context variables, rendered exceptions)
+    that were not there at the start.
+    """
+    chain = list(processors)
+    if redact_secrets in chain:
+        return chain
+    if not chain:
+        return [redact_secrets]
+    return [redact_secrets, *chain[:-1], redact_secrets, chain[-1]]
+
+
+class LibraryLogger:
+    """A lazy structlog logger whose events are always redacted.
+
+    Like structlog's own lazy proxy, it assembles a bound logger from the
+    global configuration at each call (so configuring structlog after import
+    works), but with :func:`redact_secrets` guaranteed in the chain.
+    """
+
+    __slots__ = ("_context", "_name")
+
+    def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
+        self._name = name
+        self._context = dict(context or {})
+
+    def __repr__(self) -> str:
+        return f"LibraryLogger({self._name!r}, context={sorted(self._context)!r})"
+
+    def _resolve(self) -> Any:
+        config = structlog.get_config()
+        factory = config["logger_factory"]
+        return config["wrapper_class"](
+            factory(self._name),
+            processors=_guarded(config["processors"]),
+            context=config["context_class"](self._context),
+        )
+
+    def bind(self, **values: Any) -> LibraryLogger:
+        """A logger whose events carry ``values`` too."""
+        return LibraryLogger(self._name, {**self._context, **values})
+
+    def new(self, **values: Any) -> LibraryLogger:
+        """A logger with only ``values`` as context."""
+        return LibraryLogger(self._name, values)
+
+    def unbind(self, *keys: str) -> LibraryLogger:
+        """A logger without ``keys`` in its context (a missing key is an error)."""
+        missing = [key for key in keys if key not in self._context]
+        if missing:
+            raise KeyError(missing[0])
+        return self.try_unbind(*keys)
+
+    def try_unbind(self, *keys: str) -> LibraryLogger:
+        """A logger without ``keys`` in its context."""
+        return LibraryLogger(self._name, {k: v for k, v in self._context.items() if k not in keys})
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().debug(event, *args, **kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().info(event, *args, **kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().warning(event, *args, **kw)
+
+    def error(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().error(event, *args, **kw)
+
+    def exception(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().exception(event, *args, **kw)
+
+    def critical(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._resolve().critical(event, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else the configured wrapper offers (log, msg, ainfo, ...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._resolve(), name)
+
+
+def get_logger(name: str, **initial_values: Any) -> LibraryLogger:
+    """The logger this library's modules use; its events are always redacted."""
+    return LibraryLogger(name, initial_values)
