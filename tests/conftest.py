@@ -15,3 +15,57 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def client_id() -> str:
     return str(uuid.uuid4())
+
+
+# --- a real AuthSec mock over a loopback socket (tests/_server.py) -------------------------
+#
+#   def test_x(authsec_server):               # fresh app + authority for this test
+#       LiveTransport(authsec_server.url)      # talk to it over a real socket
+#       authsec_server.faults.add(Fault.http(503), count=2)
+#       authsec_server.count(TOKEN_PATH)       # requests that reached the server
+#       authsec_server.authority.revoke(client_id)
+#
+# Pass your own app with `loopback_server.app = create_app(...)` (restored afterwards
+# by the next test's `authsec_server`), or build a fresh `mock_authority` with options.
+
+from collections.abc import Iterator  # noqa: E402
+
+from joserfc.jwk import RSAKey  # noqa: E402
+
+from authsec_crewai.authority import MockAuthority  # noqa: E402
+from authsec_crewai.mockserver import MockFaults, create_app  # noqa: E402
+from _server import LoopbackServer, MockServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> RSAKey:
+    """One RSA-2048 signing key for the session (generating one costs ~50 ms)."""
+    return RSAKey.generate_key(2048, parameters={"kid": "default"}, private=True)
+
+
+@pytest.fixture(scope="session")
+def loopback_server() -> Iterator[LoopbackServer]:
+    """uvicorn on 127.0.0.1:<free port> for the whole session; mount apps on `.app`."""
+    with LoopbackServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mock_authority(rsa_key: RSAKey) -> MockAuthority:
+    """A fresh token store (new tenant id) signing with the session key."""
+    return MockAuthority(key=rsa_key)
+
+
+@pytest.fixture
+def authsec_server(
+    loopback_server: LoopbackServer, mock_authority: MockAuthority
+) -> Iterator[MockServer]:
+    """The mock AuthSec + vault app for this test, served on the loopback server."""
+    faults = MockFaults()
+    app = create_app(mock_authority, faults=faults)
+    loopback_server.app = app
+    try:
+        yield MockServer(url=loopback_server.url, app=app, authority=mock_authority, faults=faults)
+    finally:
+        faults.clear()
+        loopback_server.app = None

@@ -1,0 +1,341 @@
+"""``LiveTransport``: the AuthSec server over HTTP (authsec-api.md).
+
+One ``httpx.AsyncClient`` per transport, created on first use so it binds to
+the event loop that uses it. Transient faults (429, 5xx, connection errors,
+timeouts) are retried here with tenacity inside a time budget; everything else
+is a typed error at once. Bodies are read as a stream under a size cap, so a
+broken or hostile server cannot make this process load megabytes, and every
+answer goes through :func:`authsec_crewai.wire.parse_token_body`, the parser
+all transports share.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+from .. import __version__, errors
+from ..token import DelegationToken, TokenRequest
+from ..wire import error_for_status, parse_token_body
+from .base import KeySet
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "LiveTransport", "parse_retry_after"]
+
+TOKEN_PATH = "/authsec/uflow/sdk/delegation-token"  # noqa: S105 (a path, not a secret)
+BUNDLE_PATH = "/authsec/spiresvc/v1/jwt/bundle"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+"""A token answer is ~2 KB and a key bundle ~1 KB; far more is refused unread."""
+_MAX_ERROR_BODY_BYTES = 16 * 1024
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+_log = structlog.get_logger("authsec_crewai.transports.live")
+
+
+class _BodyTooLarge(Exception):
+    """Internal: the body passed the cap (turned into a typed error by the caller)."""
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    ``now`` (UNIX time) is needed for the date form. Garbage gives None (the
+    caller then uses its own backoff); a date in the past gives 0.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - now)
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):  # NaN, negative, inf
+        return None
+    return seconds
+
+
+def _check_base_url(base_url: str) -> str:
+    """The base URL without a trailing slash, or a ConfigurationError saying why not.
+
+    Credentials in the URL would end up in logs and error messages, and a
+    query or fragment would corrupt every path joined onto it.
+    """
+    try:
+        parts = urlsplit(base_url.strip())
+        _ = parts.port  # raises ValueError for a malformed port
+    except ValueError as exc:
+        raise errors.ConfigurationError(f"AUTHSEC_BASE_URL is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.ConfigurationError(
+            "AUTHSEC_BASE_URL must be an http(s) URL with a host, e.g. https://authsec.example.com"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise errors.ConfigurationError(
+            "AUTHSEC_BASE_URL must not contain credentials; set AUTHSEC_API_TOKEN instead"
+        )
+    if parts.query or parts.fragment:
+        raise errors.ConfigurationError("AUTHSEC_BASE_URL must not have a query or fragment")
+    return base_url.strip().rstrip("/")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class LiveTransport:
+    """Talks to a real AuthSec server.
+
+    ``retry_budget`` bounds the time spent retrying (a retry whose wait would
+    cross it is not made); ``max_attempts`` bounds the number of requests;
+    ``timeout`` applies to each request. Waits are exponential with full jitter
+    (``backoff`` seconds doubling up to ``max_backoff``), or exactly what a 429's
+    ``Retry-After`` asks for. ``clock`` is UNIX time, used to refuse answers
+    that are already expired and to read ``Retry-After`` dates; ``sleep`` is
+    injectable so tests can observe waits without making them.
+
+    ``fetch_key_set`` always asks the server: caching key sets is the
+    verifier's job, so its re-read after a key rotation is a real re-read.
+
+    A ``client`` passed in is used as is and not closed by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_token: str | None = None,
+        timeout: float = 10.0,
+        retry_budget: float = 30.0,
+        max_attempts: int = 6,
+        clock: Callable[[], float] = time.time,
+        client: httpx.AsyncClient | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if timeout <= 0 or retry_budget < 0 or max_attempts < 1 or max_body_bytes < 1024:
+            raise errors.ConfigurationError(
+                "LiveTransport needs timeout > 0, retry_budget >= 0, max_attempts >= 1 "
+                "and max_body_bytes >= 1024"
+            )
+        self.base_url = _check_base_url(base_url)
+        self._api_token = api_token or None
+        self.timeout = timeout
+        self.retry_budget = retry_budget
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_body_bytes = max_body_bytes
+        self._clock = clock
+        self._sleep = sleep
+        self._client = client
+        self._owns_client = client is None
+        self._api: httpx.AsyncHTTPTransport | None = None
+        host = urlsplit(self.base_url).hostname or ""
+        if self.base_url.startswith("http://") and host not in _LOOPBACK:
+            _log.warning(
+                "authsec.live.plaintext",
+                base_url=self.base_url,
+                hint="tokens travel unencrypted over http://; use https:// outside loopback",
+            )
+
+    def __repr__(self) -> str:
+        token = "set" if self._api_token else "none"
+        return f"LiveTransport(base_url={self.base_url!r}, api_token=<{token}>)"
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout),
+                follow_redirects=False,
+                headers={"user-agent": f"authsec-crewai/{__version__}"},
+            )
+        return self._client
+
+    def _headers(self, client_id: str | None = None) -> dict[str, str]:
+        headers = {"accept": "application/json"}
+        if client_id is not None:
+            headers["x-client-id"] = client_id
+        if self._api_token:
+            headers["authorization"] = f"Bearer {self._api_token}"
+        return headers
+
+    async def _get(
+        self, path: str, params: dict[str, str], headers: dict[str, str], what: str
+    ) -> tuple[int, bytes, httpx.Headers]:
+        """One GET: ``(status, capped body, headers)``; transport faults become typed."""
+        url = self.base_url + path
+        try:
+            async with self._http().stream("GET", url, params=params, headers=headers) as resp:
+                limit = self.max_body_bytes if resp.status_code == 200 else _MAX_ERROR_BODY_BYTES
+                try:
+                    body = await _read_capped(resp, limit)
+                except _BodyTooLarge:
+                    if resp.status_code != 200:
+                        return resp.status_code, b"", resp.headers
+                    raise errors.InvalidTokenResponseError(
+                        f"AuthSec's {what} answer is larger than {self.max_body_bytes} bytes; "
+                        "refusing to read it (is AUTHSEC_BASE_URL pointing at AuthSec?)"
+                    ) from None
+                return resp.status_code, body, resp.headers
+        except httpx.TimeoutException as exc:
+            raise errors.TransportTimeoutError(
+                f"AuthSec at {self.base_url} did not answer the {what} request within "
+                f"{self.timeout:g}s ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise errors.TransportError(
+                f"could not talk to AuthSec at {self.base_url} ({type(exc).__name__}); "
+                "check AUTHSEC_BASE_URL and the network"
+            ) from None
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, errors.RateLimitedError) and exc.retry_after is not None:
+            return exc.retry_after
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (state.attempt_number - 1))
+        return random.uniform(0.0, ceiling)
+
+    async def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        _log.info(
+            "authsec.live.retry",
+            attempt=state.attempt_number,
+            error=getattr(exc, "kind", type(exc).__name__),
+            wait=round(state.upcoming_sleep, 3),
+        )
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(errors.TransportError),
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.retry_budget),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        return await retrying(attempt)
+
+    # --- the Transport protocol ---------------------------------------------------------
+
+    async def fetch_token(self, request: TokenRequest) -> DelegationToken:
+        """``GET /delegation-token`` with retries; the answer parsed and checked."""
+        params = {"client_id": request.client_id}
+        if request.scopes:
+            params["scope"] = request.scope_string
+        headers = self._headers(request.client_id)
+
+        async def attempt() -> DelegationToken:
+            status, raw, resp_headers = await self._get(
+                TOKEN_PATH, params, headers, "delegation-token"
+            )
+            if status != 200:
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), now=self._clock())
+                raise error_for_status(status, _json_or_none(raw), retry_after=retry_after)
+            body = _json_or_none(raw)
+            if body is None:
+                raise errors.InvalidTokenResponseError(
+                    "AuthSec's delegation-token answer is not JSON "
+                    f"(content-type {resp_headers.get('content-type', 'unknown')!r})"
+                )
+            return parse_token_body(body, now=self._clock())
+
+        token: DelegationToken = await self._with_retries(attempt)
+        _log.info(
+            "authsec.live.token",
+            fingerprint=token.fingerprint,
+            jti=token.jti,
+            expires_at=token.expires_at.isoformat(),
+        )
+        return token
+
+    async def fetch_key_set(self, tenant_id: str | None) -> KeySet | None:
+        """The tenant's JWK set from ``/jwt/bundle``; always a fresh request.
+
+        Without a tenant id there is no bundle to ask for, so None (the verifier
+        then skips signature checks and says so).
+        """
+        if not tenant_id:
+            return None
+        headers = self._headers()
+
+        async def attempt() -> KeySet:
+            status, raw, resp_headers = await self._get(
+                BUNDLE_PATH, {"tenant_id": tenant_id}, headers, "key-set"
+            )
+            body = _json_or_none(raw)
+            if status == 429:
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), now=self._clock())
+                raise error_for_status(status, body, retry_after=retry_after)
+            if status >= 500:
+                raise error_for_status(status, body)
+            if status != 200:
+                raise errors.TokenVerificationError(
+                    f"AuthSec answered {status} for tenant {tenant_id}'s key set; "
+                    "tokens cannot be verified"
+                )
+            if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+                raise errors.InvalidTokenResponseError(
+                    "AuthSec's key-set answer is not a JWK set ({'keys': [...]})"
+                )
+            return body
+
+        key_set: KeySet = await self._with_retries(attempt)
+        return key_set
+
+    def api(self) -> httpx.AsyncBaseTransport:
+        """A shared connection pool for protected-API calls (redirect policy is the
+        caller's, on its ``AsyncClient``)."""
+        if self._api is None:
+            self._api = httpx.AsyncHTTPTransport()
+        return self._api
+
+    async def aclose(self) -> None:
+        """Close the connection pools this transport created."""
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
