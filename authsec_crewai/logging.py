@@ -86,6 +86,8 @@ _AUTH_SCHEME = re.compile(
     r"(?i)\b(bearer|basic)(\s+)(?!jwt:[0-9a-f]{12}\b)(?!\[redacted\])([^\s,;\"'<>\[\](){}]+)"
 )
 
+_MASKED = re.compile(r"jwt:[0-9a-f]{12}")
+
 # Values whose repr cannot carry a secret and whose type renderers know how to
 # format (JSON renderers and orjson handle some of them natively).
 _SAFE_SCALARS = (
@@ -124,6 +126,8 @@ def _mask_secret(value: Any) -> Any:
     """
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str) and (value == REDACTED or _MASKED.fullmatch(value)):
+        return value  # already masked: a second pass must not lose the fingerprint
     fingerprint = getattr(value, "fingerprint", None)
     if isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{12}", fingerprint):
         return f"jwt:{fingerprint}"

@@ -470,8 +470,9 @@ def _explain(exc: ValidationError) -> str:
         loc = error.get("loc") or ()
         field = str(loc[0]) if loc else ""
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-        if field.isupper():  # already the variable name (a validation alias)
-            lines.append(f"{field}: {message}")
+        if field.upper() in ("CLIENT_ID", "AUTHSEC_CLIENT_ID", "AUTHSEC_AGENT_CLIENT_ID"):
+            # pydantic reports the first alias whichever one was read; name both.
+            lines.append(f"AUTHSEC_CLIENT_ID (or AUTHSEC_AGENT_CLIENT_ID): {message}")
         elif field in AuthSecSettings.model_fields:
             lines.append(f"{env_var(field)}: {message}")
         else:  # a cross-field rule; its message names the variables itself

@@ -1,0 +1,660 @@
+"""AuthSecSettings: reading, validation, mode resolution and the factories."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from authsec_crewai import errors
+from authsec_crewai import settings as settings_module
+from authsec_crewai.settings import (
+    DEMO_CLIENT_ID,
+    AuthSecSettings,
+    build_broker,
+    build_transport,
+    env_var,
+    refresh_policy,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = "0b4c1a7e-1d1a-4f3e-9a51-2f7c7c7d6a10"
+FAKE_JWT = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzcGlmZmU6Ly94In0."
+    "c2lnbmF0dXJlLXRoYXQtaXMtbm90LXJlYWwtYnV0LWxvb2tzLWxpa2Utb25l"
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AUTHSEC_* variable and no .env leaks in from the machine running the tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("AUTHSEC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
+    )
+    structlog.reset_defaults()
+
+
+def make(**values: Any) -> AuthSecSettings:
+    return AuthSecSettings(**values)
+
+
+def config_error(**values: Any) -> str:
+    with pytest.raises(errors.ConfigurationError) as info:
+        AuthSecSettings(**values)
+    return str(info.value)
+
+
+# --- defaults and sources -------------------------------------------------------------
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = make()
+    assert s.mode == "auto"
+    assert s.base_url is None and s.client_id is None and s.api_token is None
+    assert s.api_base_url is None
+    assert s.audience == []
+    assert s.allowed_scopes is None and s.allowed_endpoints is None
+    assert s.allowed_methods == ["GET"]
+    assert s.max_response_bytes == 1024 * 1024
+    assert s.verify is True
+    assert (s.refresh_advisory_fraction, s.refresh_advisory_max) == (0.2, 900)
+    assert (s.refresh_mandatory_fraction, s.refresh_mandatory_max) == (0.05, 300)
+    assert s.refresh_jitter_fraction == 0.25
+    assert (s.failure_memory, s.backoff_initial, s.backoff_max) == (1.0, 1.0, 60.0)
+    assert s.cassette is None
+    assert s.log_format == "console"
+
+
+def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_BASE_URL", "https://authsec.example.com/")
+    monkeypatch.setenv("AUTHSEC_CLIENT_ID", CLIENT)
+    monkeypatch.setenv("AUTHSEC_TIMEOUT", "2.5")
+    monkeypatch.setenv("AUTHSEC_VERIFY", "false")
+    monkeypatch.setenv("AUTHSEC_MODE", "LIVE")
+    monkeypatch.setenv("AUTHSEC_LOG_FORMAT", "JSON")
+    s = make()
+    assert s.base_url == "https://authsec.example.com"  # trailing slash dropped
+    assert s.client_id == CLIENT
+    assert s.timeout == 2.5
+    assert s.verify is False
+    assert s.mode == "live"
+    assert s.log_format == "json"
+
+
+def test_client_id_also_read_from_the_sdk_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_AGENT_CLIENT_ID", CLIENT)
+    assert make().client_id == CLIENT
+
+
+def test_authsec_client_id_wins_over_the_sdk_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    other = str(uuid.uuid4())
+    monkeypatch.setenv("AUTHSEC_AGENT_CLIENT_ID", other)
+    monkeypatch.setenv("AUTHSEC_CLIENT_ID", CLIENT)
+    assert make().client_id == CLIENT
+
+
+def test_client_id_by_field_name_and_unprefixed_variable_is_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLIENT_ID", str(uuid.uuid4()))
+    assert make().client_id is None
+    assert make(client_id=CLIENT).client_id == CLIENT
+
+
+def test_dotenv_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(
+        f"AUTHSEC_BASE_URL=https://from-dotenv.example.com\n"
+        f"AUTHSEC_AGENT_CLIENT_ID={CLIENT}\n"
+        "AUTHSEC_TIMEOUT=3\n"
+        "UNRELATED=1\n"
+    )
+    s = make()
+    assert s.base_url == "https://from-dotenv.example.com"
+    assert s.client_id == CLIENT
+    monkeypatch.setenv("AUTHSEC_TIMEOUT", "7")
+    assert make().timeout == 7
+    assert make(_env_file=None).base_url is None
+
+
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BASE_URL", "CLIENT_ID", "API_TOKEN", "ALLOWED_SCOPES", "CASSETTE"):
+        monkeypatch.setenv(f"AUTHSEC_{name}", "")
+    s = make()
+    assert s.base_url is None and s.client_id is None and s.api_token is None
+    assert s.allowed_scopes is None and s.cassette is None
+
+
+def test_settings_are_frozen() -> None:
+    s = make()
+    with pytest.raises(Exception, match="frozen"):
+        s.base_url = "https://elsewhere.example.com"  # type: ignore[misc]
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+def test_api_token_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_API_TOKEN", "super-secret-api-token-1234")
+    s = make()
+    for text in (repr(s), str(s), s.model_dump_json(), str(s.model_dump())):
+        assert "super-secret-api-token-1234" not in text
+    assert s.api_token_value() == "super-secret-api-token-1234"
+
+
+def test_rejected_values_are_not_echoed() -> None:
+    # A token pasted into the wrong variable must not reach the error message.
+    message = config_error(client_id=FAKE_JWT)
+    assert FAKE_JWT not in message
+    assert "AUTHSEC_CLIENT_ID" in message
+
+
+def test_error_is_a_configuration_error_without_pydantic_noise() -> None:
+    with pytest.raises(errors.ConfigurationError) as info:
+        make(timeout=0)
+    assert info.value.__cause__ is None
+    assert "AUTHSEC_TIMEOUT" in str(info.value)
+    assert "errors.pydantic.dev" not in str(info.value)
+
+
+# --- URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://authsec.example.com", "https://authsec.example.com"),
+        ("https://authsec.example.com/", "https://authsec.example.com"),
+        ("https://authsec.example.com:8443/prefix/", "https://authsec.example.com:8443/prefix"),
+        ("http://127.0.0.1:7468", "http://127.0.0.1:7468"),
+        ("  https://authsec.example.com  ", "https://authsec.example.com"),
+    ],
+)
+def test_good_urls(url: str, expected: str) -> None:
+    assert make(base_url=url).base_url == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("ftp://authsec.example.com", "https://"),
+        ("javascript:alert(1)", "https://"),
+        ("authsec.example.com", "https://"),
+        ("https://user:pass@authsec.example.com", "credentials"),
+        ("https://token@authsec.example.com", "credentials"),
+        ("https://", "no host"),
+        ("https://authsec.example.com/?x=1", "query"),
+        ("https://authsec.example.com/#frag", "fragment"),
+        ("https://authsec.example.com:99999", "valid URL"),
+        ("https://evil.example.com\\@authsec.example.com", "credentials"),
+        ("https://authsec.example.com/a\\b", "backslash"),
+    ],
+)
+@pytest.mark.parametrize("field", ["base_url", "api_base_url"])
+def test_bad_urls_fail_at_construction(field: str, url: str, fragment: str) -> None:
+    message = config_error(**{field: url})
+    assert env_var(field) in message
+    assert fragment in message
+
+
+def test_bad_base_url_is_reported_once() -> None:
+    message = config_error(base_url="ftp://x.example.com")
+    assert message.count("AUTHSEC_BASE_URL") >= 1
+    assert "AUTHSEC_API_BASE_URL" not in message
+
+
+def test_api_base_url_defaults_to_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert make(base_url="https://a.example.com/").api_base_url == "https://a.example.com"
+    s = make(base_url="https://a.example.com", api_base_url="https://api.example.com/v1/")
+    assert s.api_base_url == "https://api.example.com/v1"
+    monkeypatch.setenv("AUTHSEC_BASE_URL", "https://env.example.com")
+    assert make().api_base_url == "https://env.example.com"
+    monkeypatch.setenv("AUTHSEC_API_BASE_URL", "https://api.example.com")
+    assert make().api_base_url == "https://api.example.com"
+
+
+# --- client id ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not-a-uuid", "123", CLIENT.replace("-", ""), "{" + CLIENT + "}", CLIENT + "0", "urn:uuid:x"],
+)
+def test_client_id_must_be_a_uuid(value: str) -> None:
+    message = config_error(client_id=value)
+    assert "AUTHSEC_CLIENT_ID" in message and "UUID" in message
+
+
+def test_client_id_error_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_AGENT_CLIENT_ID", "agent-7")
+    message = config_error()
+    assert "AUTHSEC_AGENT_CLIENT_ID" in message and "AUTHSEC_CLIENT_ID" in message
+    assert "agent-7" not in message
+
+
+def test_client_id_is_trimmed_and_kept_as_given() -> None:
+    assert make(client_id=f" {CLIENT.upper()} ").client_id == CLIENT.upper()
+
+
+# --- lists -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("authsec-api", ["authsec-api"]),
+        ("authsec-api, billing", ["authsec-api", "billing"]),
+        ('["authsec-api", "billing"]', ["authsec-api", "billing"]),
+        ("a,a,b", ["a", "b"]),
+    ],
+)
+def test_audience_from_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("AUTHSEC_AUDIENCE", raw)
+    assert make().audience == expected
+
+
+def test_audience_with_broken_json_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_AUDIENCE", '["authsec-api"')
+    assert "not valid JSON" in config_error()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("read:records", ["read:records"]),
+        ("read:records read:metrics", ["read:metrics", "read:records"]),
+        ("read:records,read:metrics", ["read:metrics", "read:records"]),
+        ('["read:records"]', ["read:records"]),
+        ("[]", []),
+    ],
+)
+def test_allowed_scopes(monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]) -> None:
+    monkeypatch.setenv("AUTHSEC_ALLOWED_SCOPES", raw)
+    assert make().allowed_scopes == expected
+
+
+def test_malformed_scope_is_refused() -> None:
+    assert "AUTHSEC_ALLOWED_SCOPES" in config_error(allowed_scopes=['read:"records'])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("secure-vault/", ["secure-vault/"]),
+        ("/secure-vault/records", ["secure-vault/records"]),
+        (
+            "secure-vault/records,secure-vault/metrics",
+            ["secure-vault/records", "secure-vault/metrics"],
+        ),
+    ],
+)
+def test_allowed_endpoints(monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]) -> None:
+    monkeypatch.setenv("AUTHSEC_ALLOWED_ENDPOINTS", raw)
+    assert make().allowed_endpoints == expected
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "https://evil.example.com/",
+        "//evil.example.com/",
+        "../etc",
+        "secure-vault/../admin",
+        "%2e%2e/admin",
+        "secure-vault\\admin",
+        "@evil.example.com",
+        "a//b",
+        "/",
+        "vault?x=1",
+        "vault#frag",
+        "vault\x00",
+    ],
+)
+def test_hostile_endpoint_prefixes_are_refused(prefix: str) -> None:
+    assert "AUTHSEC_ALLOWED_ENDPOINTS" in config_error(allowed_endpoints=[prefix])
+
+
+def test_allowed_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_ALLOWED_METHODS", "get, post")
+    assert make().allowed_methods == ["GET", "POST"]
+    assert "FETCH" in config_error(allowed_methods=["FETCH"])
+    assert "AUTHSEC_ALLOWED_METHODS" in config_error(allowed_methods=[])
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timeout", 0),
+        ("timeout", -1),
+        ("max_response_bytes", 0),
+        ("retry_budget", -0.1),
+        ("verify_leeway", -1),
+        ("verify_leeway", 3600),
+        ("refresh_advisory_fraction", 0),
+        ("refresh_advisory_fraction", 1),
+        ("refresh_advisory_fraction", 1.5),
+        ("refresh_mandatory_fraction", 0),
+        ("refresh_mandatory_fraction", -0.01),
+        ("refresh_advisory_max", 0),
+        ("refresh_mandatory_max", -5),
+        ("refresh_jitter_fraction", 1.01),
+        ("refresh_jitter_fraction", -0.1),
+        ("failure_memory", -1),
+        ("backoff_initial", 0),
+        ("backoff_max", 0),
+    ],
+)
+def test_out_of_range_numbers_name_their_variable(field: str, value: float) -> None:
+    assert env_var(field) in config_error(**{field: value})
+
+
+def test_numbers_from_environment_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHSEC_REFRESH_ADVISORY_FRACTION", "1.2")
+    assert "AUTHSEC_REFRESH_ADVISORY_FRACTION" in config_error()
+    monkeypatch.setenv("AUTHSEC_REFRESH_ADVISORY_FRACTION", "soon")
+    assert "AUTHSEC_REFRESH_ADVISORY_FRACTION" in config_error()
+
+
+def test_mandatory_fraction_must_be_below_advisory() -> None:
+    message = config_error(refresh_advisory_fraction=0.1, refresh_mandatory_fraction=0.1)
+    assert "AUTHSEC_REFRESH_MANDATORY_FRACTION" in message
+    assert "AUTHSEC_REFRESH_ADVISORY_FRACTION" in message
+    make(refresh_advisory_fraction=0.3, refresh_mandatory_fraction=0.29)
+
+
+def test_mandatory_max_and_backoff_order() -> None:
+    assert "AUTHSEC_REFRESH_MANDATORY_MAX" in config_error(
+        refresh_advisory_max=100, refresh_mandatory_max=200
+    )
+    assert "AUTHSEC_BACKOFF_INITIAL" in config_error(backoff_initial=10, backoff_max=5)
+
+
+def test_jitter_may_be_switched_off() -> None:
+    assert make(refresh_jitter_fraction=0).refresh_jitter_fraction == 0
+
+
+def test_unknown_mode_lists_the_choices() -> None:
+    message = config_error(mode="production")
+    assert "AUTHSEC_MODE" in message
+    for choice in ("auto", "live", "mock", "record", "replay"):
+        assert choice in message
+
+
+# --- mode resolution ------------------------------------------------------------------
+
+
+def test_auto_is_live_when_configured() -> None:
+    s = make(base_url="https://authsec.example.com", client_id=CLIENT)
+    with capture_logs() as logs:
+        assert s.resolved_mode == "live"
+    assert logs == []
+
+
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        ({}, ["AUTHSEC_BASE_URL", "AUTHSEC_CLIENT_ID"]),
+        ({"base_url": "https://authsec.example.com"}, ["AUTHSEC_CLIENT_ID"]),
+        ({"client_id": CLIENT}, ["AUTHSEC_BASE_URL"]),
+    ],
+)
+def test_auto_falls_back_to_mock_with_one_warning(
+    values: dict[str, Any], missing: list[str]
+) -> None:
+    s = make(**values)
+    with capture_logs() as logs:
+        assert s.resolved_mode == "mock"
+        assert s.resolved_mode == "mock"
+        assert make(**values).resolved_mode == "mock"
+    assert len(logs) == 1, logs
+    (entry,) = logs
+    assert entry["log_level"] == "warning"
+    assert entry["missing"] == missing
+    assert entry["mode"] == "mock"
+    for name in missing:
+        assert name in entry["message"]
+    assert "AUTHSEC_MODE=mock" in entry["message"]
+
+
+def test_explicit_mock_does_not_warn() -> None:
+    with capture_logs() as logs:
+        assert make(mode="mock").resolved_mode == "mock"
+    assert logs == []
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({}, "AUTHSEC_BASE_URL"),
+        ({"client_id": CLIENT}, "AUTHSEC_BASE_URL"),
+        ({"base_url": "https://authsec.example.com"}, "AUTHSEC_CLIENT_ID"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["live", "record"])
+def test_live_with_missing_values_is_an_error_never_mock(
+    values: dict[str, Any], variable: str, mode: str
+) -> None:
+    s = make(mode=mode, cassette="session.json", **values)
+    with pytest.raises(errors.ConfigurationError, match=rf"^{variable} is not set"):
+        _ = s.resolved_mode
+    with pytest.raises(errors.ConfigurationError, match=variable):
+        build_transport(s)
+
+
+@pytest.mark.parametrize("mode", ["record", "replay"])
+def test_record_and_replay_need_a_cassette(mode: str) -> None:
+    s = make(mode=mode, base_url="https://authsec.example.com", client_id=CLIENT)
+    with pytest.raises(errors.ConfigurationError, match=r"^AUTHSEC_CASSETTE is not set"):
+        _ = s.resolved_mode
+
+
+def test_effective_client_id() -> None:
+    assert make(mode="mock").effective_client_id == DEMO_CLIENT_ID
+    assert make(mode="mock", client_id=CLIENT).effective_client_id == CLIENT
+    assert make(mode="replay", cassette="c.json").effective_client_id == DEMO_CLIENT_ID
+    uuid.UUID(DEMO_CLIENT_ID)  # the demo id is itself a valid client id
+
+
+# --- factories -------------------------------------------------------------------------
+
+
+def test_build_transport_mock() -> None:
+    from authsec_crewai.transports.mock import MockTransport
+
+    assert isinstance(build_transport(make(mode="mock")), MockTransport)
+
+
+def test_build_transport_live_passes_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import authsec_crewai.transports.live as live
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, base_url: str, **kwargs: Any) -> None:
+            seen.update(kwargs, base_url=base_url)
+
+    monkeypatch.setattr(live, "LiveTransport", Recorder)
+    s = make(
+        base_url="https://authsec.example.com/",
+        client_id=CLIENT,
+        api_token="api-token-value",
+        timeout=4,
+        retry_budget=12,
+    )
+    assert isinstance(build_transport(s), Recorder)
+    assert seen == {
+        "base_url": "https://authsec.example.com",
+        "api_token": "api-token-value",
+        "timeout": 4.0,
+        "retry_budget": 12.0,
+    }
+
+
+def test_build_transport_live_builds_the_real_transport() -> None:
+    from authsec_crewai.transports.live import LiveTransport
+
+    transport = build_transport(make(base_url="https://authsec.example.com", client_id=CLIENT))
+    assert isinstance(transport, LiveTransport)
+
+
+@pytest.mark.parametrize("mode", ["record", "replay"])
+def test_record_and_replay_say_not_available_until_the_module_exists(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        if name == "authsec_crewai.transports.replay":
+            return None
+        return real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    s = make(mode=mode, base_url="https://authsec.example.com", client_id=CLIENT, cassette="c.json")
+    with pytest.raises(errors.ConfigurationError, match="not available yet"):
+        build_transport(s)
+
+
+def test_record_and_replay_light_up_when_the_module_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = "authsec_crewai.transports.replay"
+    fake = types.ModuleType(name)
+    fake.__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+    class RecordingTransport:
+        def __init__(self, inner: Any, cassette: Path) -> None:
+            self.inner, self.cassette = inner, cassette
+
+    class ReplayTransport:
+        def __init__(self, cassette: Path) -> None:
+            self.cassette = cassette
+
+    fake.RecordingTransport = RecordingTransport  # type: ignore[attr-defined]
+    fake.ReplayTransport = ReplayTransport  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, name, fake)
+    base = {"base_url": "https://authsec.example.com", "client_id": CLIENT, "cassette": "c.json"}
+    recording = build_transport(make(mode="record", **base))
+    assert isinstance(recording, RecordingTransport)
+    assert recording.cassette == Path("c.json")
+    assert type(recording.inner).__name__ == "LiveTransport"
+    replaying = build_transport(make(mode="replay", cassette="c.json"))
+    assert isinstance(replaying, ReplayTransport)
+
+
+def test_refresh_policy_carries_every_number() -> None:
+    s = make(
+        refresh_advisory_fraction=0.3,
+        refresh_advisory_max=600,
+        refresh_mandatory_fraction=0.1,
+        refresh_mandatory_max=120,
+        refresh_jitter_fraction=0.5,
+        failure_memory=2,
+        backoff_initial=0.5,
+        backoff_max=30,
+    )
+    policy = refresh_policy(s)
+    assert (policy.advisory_fraction, policy.advisory_max) == (0.3, 600)
+    assert (policy.mandatory_fraction, policy.mandatory_max) == (0.1, 120)
+    assert policy.jitter_fraction == 0.5
+    assert (policy.failure_memory, policy.backoff_initial, policy.backoff_max) == (2, 0.5, 30)
+
+
+def test_build_broker_passes_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import authsec_crewai.broker as broker_module
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, transport: Any, **kwargs: Any) -> None:
+            seen.update(kwargs, transport=transport)
+
+    monkeypatch.setattr(broker_module, "TokenBroker", Recorder)
+    transport = object()
+    s = make(mode="mock", audience=["authsec-api"], verify=False, verify_leeway=5)
+    build_broker(s, transport)  # type: ignore[arg-type]
+    assert seen["transport"] is transport
+    assert seen["client_id"] == DEMO_CLIENT_ID
+    assert tuple(seen["audience"]) == ("authsec-api",)
+    assert seen["verify"] is False and seen["verify_leeway"] == 5
+    assert seen["policy"] == refresh_policy(s)
+
+
+@pytest.mark.anyio
+async def test_build_broker_mock_end_to_end() -> None:
+    async with build_broker(make(mode="mock")) as broker:
+        token = await broker.token("read:records")
+    assert token.client_id == DEMO_CLIENT_ID
+    assert "read:records" in token.permissions
+
+
+# --- packaging ---------------------------------------------------------------------------
+
+
+def test_importing_settings_stays_light() -> None:
+    code = (
+        "import sys, authsec_crewai.settings\n"
+        "heavy = [m for m in ('crewai', 'httpx', 'authsec_crewai.broker', "
+        "'authsec_crewai.transports.live') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_settings_reference_documents_every_variable() -> None:
+    """docs/settings.md is hand-written; this keeps it true to the model."""
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`(AUTHSEC_[A-Z_]+)`", text))
+    expected = {env_var(name) for name in AuthSecSettings.model_fields} | {
+        "AUTHSEC_AGENT_CLIENT_ID"
+    }
+    assert expected - documented == set(), "undocumented variables"
+    assert documented - expected == set(), "documented variables that do not exist"
+
+
+def test_settings_reference_defaults_match() -> None:
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    rows = {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^\| `(AUTHSEC_[A-Z_]+)` \|[^|]*\| ([^|]*) \|", text, re.M)
+    }
+    defaults = make(_env_file=None)
+    for name in AuthSecSettings.model_fields:
+        value = getattr(defaults, name)
+        documented = rows.get(env_var(name))
+        assert documented is not None, env_var(name)
+        first = documented.replace("`", "").split(" ")[0]
+        if value is None or value == []:
+            assert first in ("unset", "[]"), (env_var(name), documented)
+        elif isinstance(value, bool):
+            assert first == str(value).lower(), (env_var(name), documented)
+        elif isinstance(value, int | float):
+            assert float(first) == value, (env_var(name), documented)
+        elif isinstance(value, list):
+            assert json.loads(first) == value, (env_var(name), documented)
+        else:
+            assert first == value, (env_var(name), documented)
