@@ -187,12 +187,13 @@ def rsa_keys(key_set: KeySet | Mapping[str, Any]) -> tuple[RSAKey, ...]:
         if not isinstance(n, str) or not isinstance(e, str):
             continue
         try:
+            bits = int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))).bit_length()
+            if bits < MIN_RSA_BITS:
+                _log.warning("authsec.verify.short_key", bits=bits, kid=str(item.get("kid"))[:40])
+                continue
             key = RSAKey.import_key({"kty": "RSA", "n": n, "e": e})
         except (JoseError, ValueError, TypeError):
             _log.warning("authsec.verify.bad_key", kid=str(item.get("kid"))[:40])
-            continue
-        if key.public_key.key_size < MIN_RSA_BITS:
-            _log.warning("authsec.verify.short_key", bits=key.public_key.key_size)
             continue
         found.append(key)
     return tuple(found)
@@ -236,7 +237,7 @@ def _when(ts: float) -> str:
 
 
 def check_time_claims(
-    claims: Mapping[str, Any], *, now: float, leeway: float, label: str = "token"
+    claims: Mapping[str, Any], *, now: float, leeway: float, label: str = "(unnamed)"
 ) -> None:
     """Refuse a token that is expired, not yet valid, or issued in the future.
 
