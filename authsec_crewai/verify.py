@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import structlog
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from . import errors
+from .logging import get_logger
 from .redact import fingerprint
 from .token import DelegationToken
 from .transports.base import KeySet, Transport
@@ -55,7 +55,7 @@ MIN_RSA_BITS = 2048
 MAX_KEYS = 32
 """A tenant has one key (two during a rotation); a huge set is not trusted."""
 
-_log = structlog.get_logger("authsec_crewai.verify")
+_log = get_logger("authsec_crewai.verify")
 
 # --- SPIFFE ids (authsec-api.md section 5) --------------------------------------------
 

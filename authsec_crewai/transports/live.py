@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
-import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -31,6 +30,7 @@ from tenacity import (
 )
 
 from .. import __version__, errors
+from ..logging import get_logger
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
 from .base import KeySet
@@ -44,7 +44,7 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 _MAX_ERROR_BODY_BYTES = 16 * 1024
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
-_log = structlog.get_logger("authsec_crewai.transports.live")
+_log = get_logger("authsec_crewai.transports.live")
 
 
 class _BodyTooLarge(Exception):
