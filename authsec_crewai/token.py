@@ -48,6 +48,14 @@ class TokenRequest:
     client_id: str
     scopes: frozenset[str]
     audience: tuple[str, ...] = ()
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Requests are cache keys looked up on every call: hash them once.
+        object.__setattr__(self, "_hash", hash((self.client_id, self.scopes, self.audience)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def create(
