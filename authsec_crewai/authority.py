@@ -146,7 +146,7 @@ class MockAuthority:
             "updated_at": _iso_seconds(iat),
         }
         with self._lock:
-            self._store[client_id] = _Delegation(body=body, exp=float(claims["exp"]))
+            self._store[client_id] = _Delegation(body=body, exp=float(int(exp_precise)))
             self.issued += 1
         return dict(body)
 
@@ -157,7 +157,8 @@ class MockAuthority:
             if stored is None or stored.revoked:
                 return {"status": "not_found", "client_id": client_id}
             stored.revoked = True
-        return {"status": "revoked", "client_id": client_id, "revoked_at": _iso_seconds(self.clock())}
+        revoked_at = _iso_seconds(self.clock())
+        return {"status": "revoked", "client_id": client_id, "revoked_at": revoked_at}
 
     # --- the agent's view ----------------------------------------------------------
 

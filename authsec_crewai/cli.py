@@ -212,6 +212,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # from here on connections queue, so the banner is never early
     except OSError as exc:
         sock.close()
         raise CommandFailed(

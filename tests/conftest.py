@@ -25,16 +25,16 @@ def client_id() -> str:
 #       authsec_server.count(TOKEN_PATH)       # requests that reached the server
 #       authsec_server.authority.revoke(client_id)
 #
-# Pass your own app with `loopback_server.app = create_app(...)` (restored afterwards
-# by the next test's `authsec_server`), or build a fresh `mock_authority` with options.
+# Mount your own app with `loopback_server.app = create_app(...)` (the `authsec_server`
+# fixture unmounts it at teardown), or build a fresh `mock_authority` with options.
 
 from collections.abc import Iterator  # noqa: E402
 
+from _server import LoopbackServer, MockServer  # noqa: E402
 from joserfc.jwk import RSAKey  # noqa: E402
 
 from authsec_crewai.authority import MockAuthority  # noqa: E402
 from authsec_crewai.mockserver import MockFaults, create_app  # noqa: E402
-from _server import LoopbackServer, MockServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -322,7 +322,7 @@ async def test_timeouts_are_retried_then_typed(authsec_server: MockServer, clien
     authsec_server.faults.add(Fault.slow(1.0), count=2)
     transport = _transport(authsec_server, timeout=0.2, max_attempts=2)
     try:
-        with pytest.raises(errors.TransportTimeoutError, match="within 0.2s"):
+        with pytest.raises(errors.TransportTimeoutError, match=r"within 0\.2s"):
             await transport.fetch_token(_request(client_id))
     finally:
         await transport.aclose()
@@ -544,3 +544,73 @@ async def test_a_client_passed_in_is_used_and_not_closed(
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=1_000_000) == expected
+
+
+# --- the broker over the live transport ---------------------------------------------------------
+
+
+async def test_a_thousand_concurrent_callers_cause_one_request_at_the_server(
+    authsec_server: MockServer, client_id: str
+) -> None:
+    import anyio
+
+    from authsec_crewai.broker import TokenBroker
+
+    authsec_server.faults.latency = 0.05  # keep the one fetch in flight while callers pile up
+    tokens = []
+
+    async def caller(broker: TokenBroker) -> None:
+        tokens.append(await broker.token("read:records"))
+
+    async with TokenBroker(_transport(authsec_server), client_id=client_id) as broker:
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(caller, broker)
+        stats = broker.stats
+    assert len(tokens) == 1000
+    assert len({t.value for t in tokens}) == 1
+    assert authsec_server.count(TOKEN_PATH) == 1
+    assert authsec_server.count(BUNDLE_PATH) == 1  # verified once, with one key-set read
+    assert stats.fetches == 1
+
+
+async def test_after_a_revoke_the_next_refresh_drops_the_token_and_callers_fail(
+    authsec_server: MockServer, client_id: str
+) -> None:
+    from authsec_crewai.broker import RefreshPolicy, TokenBroker
+
+    now = [time.time()]
+    authsec_server.authority.clock = lambda: now[0]
+    transport = _transport(authsec_server, clock=lambda: now[0])
+    policy = RefreshPolicy(jitter_fraction=0.0, failure_memory=0.0)
+    async with TokenBroker(
+        transport, client_id=client_id, audience="authsec-api", policy=policy,
+        clock=lambda: now[0],
+    ) as broker:  # fmt: skip
+        token = await broker.token("read:records")
+        assert (await broker.token("read:records")).value == token.value  # cached
+        async with httpx.AsyncClient(base_url=authsec_server.url) as admin:
+            revoked = await admin.post(f"/authsec/uflow/admin/agents/{client_id}/revoke-token")
+        assert revoked.status_code == 200
+        assert broker.cached_token("read:records") is not None  # nothing asked yet
+        now[0] = token.expires_at_ts - 10  # inside the mandatory window: must refresh
+        for _ in range(3):
+            with pytest.raises(errors.NotDelegatedError, match="administrator"):
+                await broker.token("read:records")
+        assert broker.cached_token("read:records") is None
+        assert broker.stats.failures >= 1
+    assert authsec_server.count(TOKEN_PATH) >= 2
+
+
+async def test_invalidate_makes_the_broker_ask_the_server_again(
+    authsec_server: MockServer, client_id: str
+) -> None:
+    from authsec_crewai.broker import TokenBroker
+
+    async with TokenBroker(_transport(authsec_server), client_id=client_id) as broker:
+        first = await broker.token("read:records")
+        assert broker.invalidate(first)
+        assert not broker.invalidate(first)
+        second = await broker.token("read:records")
+    assert second.jti == first.jti  # the server hands out its one stored token again
+    assert authsec_server.count(TOKEN_PATH) == 2

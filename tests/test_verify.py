@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -54,7 +55,7 @@ class KeySource:
 
     async def fetch_key_set(self, tenant_id: str | None) -> KeySet | None:
         self.calls += 1
-        await anyio.sleep(0)  # a real fetch yields; let concurrent verifiers pile up
+        await anyio.lowlevel.checkpoint()  # a real fetch yields; let verifiers pile up
         return self.key_set
 
     def api(self) -> httpx.AsyncBaseTransport:
@@ -518,7 +519,7 @@ BAD_IDS = {
     "spiffe://example.org/a\nb": "invalid path segment",
     "spiffe://example.org/a\x00b": "invalid path segment",
     "spiffe://example.org/a\\b": "invalid path segment",
-    "spiffe://exаmple.org/agent": "non-ASCII",  # Cyrillic 'а'
+    "spiffe://ex\u0430mple.org/agent": "non-ASCII",  # a Cyrillic look-alike of 'a'
     "spiffe://example.org/agent\u200b": "non-ASCII",
     f"spiffe://{'a' * 256}/x": "longer than 255",
     f"spiffe://example.org/{'a' * 2040}": "longer than 2048",

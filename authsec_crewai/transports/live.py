@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -136,6 +136,9 @@ class LiveTransport:
 
     A ``client`` passed in is used as is and not closed by :meth:`aclose`.
     """
+
+    mode: ClassVar[str] = "live"
+    """How the broker names this transport in its logs."""
 
     def __init__(
         self,
