@@ -180,6 +180,7 @@ class AuthSecSettings(BaseSettings):
         frozen=True,
         populate_by_name=True,
         validate_default=True,
+        allow_inf_nan=False,  # "inf" seconds is a typo, not a policy
     )
 
     mode: Mode = Field(
@@ -253,7 +254,7 @@ class AuthSecSettings(BaseSettings):
     backoff_max: float = Field(60.0, gt=0, description="Back-off ceiling, seconds.")
     cassette: Path | None = Field(None, description="Cassette file for record and replay modes.")
     log_format: LogFormat = Field("console", description="console (for people) or json.")
-    log_level: LogLevel = Field("INFO", description="Threshold for this library's logs.")
+    log_level: LogLevel = Field("INFO", description="Threshold for configure() (see logging).")
 
     def __init__(self, **values: Any) -> None:
         # Re-raise pydantic's error as our ConfigurationError: one exception tree

@@ -370,6 +370,12 @@ def test_out_of_range_numbers_name_their_variable(field: str, value: float) -> N
     assert env_var(field) in config_error(**{field: value})
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_infinite_and_nan_numbers_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("AUTHSEC_TIMEOUT", value)
+    assert "AUTHSEC_TIMEOUT" in config_error()
+
+
 def test_numbers_from_environment_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTHSEC_REFRESH_ADVISORY_FRACTION", "1.2")
     assert "AUTHSEC_REFRESH_ADVISORY_FRACTION" in config_error()
