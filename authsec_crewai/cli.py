@@ -123,7 +123,12 @@ def main(verbose: int) -> None:
     metavar="SCOPE",
     help="A permission the token must grant, e.g. read:records. Repeatable. Default: read:records.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the facts as JSON (for scripts) instead of aligned text.",
+)
 @friendly_errors
 def token(scopes: tuple[str, ...], as_json: bool) -> None:
     """Get a delegation token and show its facts (never the token itself).
