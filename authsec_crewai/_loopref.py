@@ -9,9 +9,11 @@ the caller, so one loop can never deadlock waiting for another.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio.lowlevel
@@ -29,8 +31,16 @@ class LoopRef:
     @classmethod
     def current(cls) -> LoopRef:
         native: Any = anyio.lowlevel.current_token().native_token
-        schedule = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
-        return cls(threading.get_ident(), schedule)
+        if hasattr(native, "call_soon_threadsafe"):
+            # asyncio runs a callback in the *caller's* context unless told
+            # otherwise; a caller on a trio thread would make anyio on this
+            # loop believe it runs under trio. Pin this loop's own context.
+            context = contextvars.copy_context()
+            return cls(
+                threading.get_ident(),
+                partial(_asyncio_call_soon, native.call_soon_threadsafe, context),
+            )
+        return cls(threading.get_ident(), native.run_sync_soon)
 
     def is_current_thread(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -42,3 +52,12 @@ class LoopRef:
         except RuntimeError:  # asyncio: loop closed; trio: run finished
             return False
         return True
+
+
+def _asyncio_call_soon(
+    call_soon_threadsafe: Callable[..., Any],
+    context: contextvars.Context,
+    func: Callable[..., object],
+    *args: object,
+) -> None:
+    call_soon_threadsafe(func, *args, context=context)

@@ -30,10 +30,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import anyio
-import structlog
 
 from . import errors
 from ._loopref import LoopRef
+from .logging import get_logger
 from .redact import redact_text
 from .token import DelegationToken, ScopesLike, TokenRequest
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BrokerStats", "RefreshPolicy", "TokenBroker", "Zone"]
 
-_log = structlog.get_logger("authsec_crewai.broker")
+_log = get_logger("authsec_crewai.broker")
 _LogLine = tuple[str, str, dict[str, object]]
 _MEMO_LIMIT = 1024
 
@@ -208,6 +208,7 @@ class TokenBroker:
         self._cache: dict[TokenRequest, _Entry] = {}
         self._flights: dict[TokenRequest, _Flight] = {}
         self._remembered: dict[TokenRequest, _Remembered] = {}
+        self._terminal: _Remembered | None = None  # the agent's delegation was withdrawn
         self._memo: dict[str, TokenRequest] = {}
         self._counts = dict.fromkeys(BrokerStats.__slots__, 0)
         self._fast_hits = 0
@@ -269,6 +270,7 @@ class TokenBroker:
         with self._lock:
             self._cache.clear()
             self._remembered.clear()
+            self._terminal = None
         if self._close_transport:
             await self.transport.aclose()
 
@@ -321,8 +323,9 @@ class TokenBroker:
             for key in keys:
                 del self._cache[key]
         if keys:
-            _log.info("token.invalidated", fingerprint=token.fingerprint, jti=token.jti,
-                      mode=self._mode)
+            _log.info(
+                "token.invalidated", fingerprint=token.fingerprint, jti=token.jti, mode=self._mode
+            )
         return bool(keys)
 
     def request_for(self, scopes: ScopesLike) -> TokenRequest:
@@ -391,11 +394,10 @@ class TokenBroker:
                 raise errors.BrokerClosedError(
                     "the broker is not running; use `async with TokenBroker(...) as broker`"
                 )
-            remembered = self._remembered.get(request)
-            if remembered is not None:
-                if self._monotonic() < remembered.until:
+            mono = self._monotonic()
+            for remembered in (self._terminal, self._remembered.get(request)):
+                if remembered is not None and mono < remembered.until:
                     raise remembered.error
-                del self._remembered[request]
             flight = self._flights.get(request)
             if flight is None:
                 flight = launch = self._new_flight(request, background=False)
@@ -441,8 +443,9 @@ class TokenBroker:
         with self._lock:
             self._counts["fetches"] += 1
         scopes = sorted(flight.request.scopes)
-        _log.debug("token.refresh.start", scopes=scopes, background=flight.background,
-                   mode=self._mode)
+        _log.debug(
+            "token.refresh.start", scopes=scopes, background=flight.background, mode=self._mode
+        )
         try:
             token = await self.transport.fetch_token(flight.request)
             if self._verifier is not None:
@@ -494,6 +497,7 @@ class TokenBroker:
         """Cache a fetched token (lock held); returns the log line to emit."""
         mono, now = self._monotonic(), self._clock()
         self._remembered.pop(key, None)
+        self._terminal = None
         current = self._cache.get(key)
         if current is not None and current.token.value == token.value:
             # The server re-confirmed the token it already gave: not churn. Keep
@@ -501,10 +505,17 @@ class TokenBroker:
             recheck = max(self.policy.backoff_initial, 0.1 * token.expires_in(now))
             current.confirmed_until = current.retry_at = mono + recheck
             current.failures = 0
-            return "debug", "token.refresh.end", {
-                "fingerprint": token.fingerprint, "jti": token.jti, "changed": False,
-                "expires_in": round(token.expires_in(now)), "mode": self._mode,
-            }
+            return (
+                "debug",
+                "token.refresh.end",
+                {
+                    "fingerprint": token.fingerprint,
+                    "jti": token.jti,
+                    "changed": False,
+                    "expires_in": round(token.expires_in(now)),
+                    "mode": self._mode,
+                },
+            )
         advisory, mandatory = self.policy.windows(token.lifetime)
         jitter = self._rng.random() * self.policy.jitter_fraction * advisory
         exp = token.expires_at_ts
@@ -515,10 +526,17 @@ class TokenBroker:
             mandatory_at=exp - mandatory,
             expires_at=exp,
         )
-        return "info", "token.issued", {
-            "fingerprint": token.fingerprint, "jti": token.jti, "scopes": sorted(key.scopes),
-            "expires_in": round(token.expires_in(now)), "mode": self._mode,
-        }
+        return (
+            "info",
+            "token.issued",
+            {
+                "fingerprint": token.fingerprint,
+                "jti": token.jti,
+                "scopes": sorted(key.scopes),
+                "expires_in": round(token.expires_in(now)),
+                "mode": self._mode,
+            },
+        )
 
     def _record_failure(self, flight: _Flight, error: errors.AuthSecError) -> _LogLine:
         """Apply the failure policy (lock held); returns the log line to emit."""
@@ -530,16 +548,25 @@ class TokenBroker:
             for cached in [k for k in self._cache if k.client_id == key.client_id]:
                 del self._cache[cached]
                 dropped += 1
+            self._terminal = _Remembered(error, mono + self.policy.failure_memory)
         entry = self._cache.get(key)
         if flight.background and entry is not None:
             entry.failures += 1
             entry.retry_at = mono + self.policy.backoff(entry.failures, self._rng)
-        if not flight.background or flight.waiters or error.terminal:
+        if not flight.background or flight.waiters:
             self._remembered[key] = _Remembered(error, mono + self.policy.failure_memory)
-        return "warning", "token.refresh.failed", {
-            "error": error.kind, "message": str(error), "scopes": sorted(key.scopes),
-            "background": flight.background, "dropped": dropped, "mode": self._mode,
-        }
+        return (
+            "warning",
+            "token.refresh.failed",
+            {
+                "error": error.kind,
+                "message": str(error),
+                "scopes": sorted(key.scopes),
+                "background": flight.background,
+                "dropped": dropped,
+                "mode": self._mode,
+            },
+        )
 
     def _not_granted(
         self, token: DelegationToken, request: TokenRequest
