@@ -129,6 +129,8 @@ class _Entry:
     advisory_at: float  # wall clock
     mandatory_at: float  # wall clock
     expires_at: float  # wall clock
+    serve_until: float = 0.0  # wall clock: the lock-free fast path may serve until then
+    # (0 for a token that does not grant the key's scopes: the slow path refuses)
     retry_at: float = 0.0  # monotonic: no background refresh before this
     confirmed_until: float = 0.0  # monotonic: the server re-confirmed this token
     failures: int = 0
@@ -291,12 +293,13 @@ class TokenBroker:
         such token can be had (``ScopeNotGrantedError`` when the delegation
         does not grant the scopes).
         """
-        request = self._memo.get(scopes) if isinstance(scopes, str) else None
-        if request is None:
+        try:  # inlined _request_fast: this is the hot path
+            request = self._memo[scopes]  # type: ignore[index]
+        except (KeyError, TypeError):
             request = self.request_for(scopes)
-        # Fast path: an exact-key FRESH hit needs neither the lock nor a wait.
+        # Fast path: a hit that needs neither the lock nor a wait.
         entry = self._cache.get(request)
-        if entry is not None and entry.granted and self._clock() < entry.advisory_at:
+        if entry is not None and self._clock() < entry.serve_until:
             self._fast_hits += 1  # unlocked: may undercount when threads race here
             return entry.token
         served = self._serve_cached(request)
@@ -310,7 +313,12 @@ class TokenBroker:
         Never waits and never does I/O itself: an ADVISORY hit only schedules
         the background refresh on the broker's loop. Safe from any thread.
         """
-        return self._serve_cached(self.request_for(scopes))
+        request = self._request_fast(scopes)
+        entry = self._cache.get(request)
+        if entry is not None and self._clock() < entry.serve_until:
+            self._fast_hits += 1
+            return entry.token
+        return self._serve_cached(request)
 
     def invalidate(self, token: DelegationToken) -> bool:
         """Drop ``token`` from the cache if it is still cached; True if it was.
@@ -327,6 +335,12 @@ class TokenBroker:
                 "token.invalidated", fingerprint=token.fingerprint, jti=token.jti, mode=self._mode
             )
         return bool(keys)
+
+    def _request_fast(self, scopes: ScopesLike) -> TokenRequest:
+        try:
+            return self._memo[scopes]  # type: ignore[index]
+        except (KeyError, TypeError):  # not seen yet, or not a string (unhashable)
+            return self.request_for(scopes)
 
     def request_for(self, scopes: ScopesLike) -> TokenRequest:
         """The canonical request (and cache key) for ``scopes`` from this broker."""
@@ -374,6 +388,8 @@ class TokenBroker:
             if zone is Zone.ADVISORY and key not in self._flights and mono >= entry.retry_at:
                 start_background = self._new_flight(key, background=True)
                 self._counts["background_refreshes"] += 1
+                if entry.granted:  # hits need not look again until MANDATORY
+                    entry.serve_until = entry.mandatory_at
             if zone is Zone.ADVISORY and entry.failures:
                 self._counts["stale_served"] += 1
             self._counts["hits"] += 1
@@ -504,6 +520,10 @@ class TokenBroker:
             # the schedule, and look again only after a while.
             recheck = max(self.policy.backoff_initial, 0.1 * token.expires_in(now))
             current.confirmed_until = current.retry_at = mono + recheck
+            if current.granted:
+                current.serve_until = min(
+                    current.mandatory_at, max(current.advisory_at, now + recheck)
+                )
             current.failures = 0
             return (
                 "debug",
@@ -519,12 +539,15 @@ class TokenBroker:
         advisory, mandatory = self.policy.windows(token.lifetime)
         jitter = self._rng.random() * self.policy.jitter_fraction * advisory
         exp = token.expires_at_ts
+        advisory_at = exp - advisory - jitter
+        granted = token.covers(key.scopes)
         self._cache[key] = _Entry(
             token=token,
-            granted=token.covers(key.scopes),
-            advisory_at=exp - advisory - jitter,
+            granted=granted,
+            advisory_at=advisory_at,
             mandatory_at=exp - mandatory,
             expires_at=exp,
+            serve_until=advisory_at if granted else 0.0,
         )
         return (
             "info",
@@ -553,6 +576,8 @@ class TokenBroker:
         if flight.background and entry is not None:
             entry.failures += 1
             entry.retry_at = mono + self.policy.backoff(entry.failures, self._rng)
+            if entry.granted:  # back to the counted, backed-off path
+                entry.serve_until = entry.advisory_at
         if not flight.background or flight.waiters:
             self._remembered[key] = _Remembered(error, mono + self.policy.failure_memory)
         return (
