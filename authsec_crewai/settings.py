@@ -399,9 +399,11 @@ class AuthSecSettings(BaseSettings):
     def resolved_mode(self) -> ResolvedMode:
         """The mode actually used; ``auto`` decided here, and nowhere else.
 
-        ``live`` and ``record`` with missing values raise ``ConfigurationError``
-        naming the variable: an explicit request for the real server must never
-        turn into mock data.
+        ``live`` with missing values raises ``ConfigurationError`` naming the
+        variable: an explicit request for the real server must never turn into
+        mock data. ``record`` records the live server when ``base_url`` and the
+        client id are set and the mock when neither is; one without the other
+        is the same error as in ``live``.
         """
         mode = self.mode
         if mode == "auto":
@@ -409,7 +411,11 @@ class AuthSecSettings(BaseSettings):
                 return "live"
             _warn_auto_mock(self)
             return "mock"
-        if mode in ("live", "record"):
+        # record records the live server when it is configured and the mock when
+        # nothing is; half a live configuration is a typo, never a quiet mock.
+        if mode == "live" or (
+            mode == "record" and (self.base_url is not None or self.client_id is not None)
+        ):
             for name in ("base_url", "client_id"):
                 if getattr(self, name) is None:
                     raise ConfigurationError(
@@ -430,7 +436,7 @@ class AuthSecSettings(BaseSettings):
         """The client id to ask for: the configured one, or the demo id in mock/replay."""
         if self.client_id is not None:
             return self.client_id
-        if self.resolved_mode in ("mock", "replay"):
+        if self.resolved_mode in ("mock", "replay", "record"):  # record: of the mock
             return DEMO_CLIENT_ID
         raise ConfigurationError(  # pragma: no cover - resolved_mode raised already
             f"{env_var('client_id')} is not set"
@@ -500,8 +506,18 @@ def build_transport(settings: AuthSecSettings) -> Transport:
         )
     replay = importlib.import_module(f"{__package__}.transports.replay")
     if mode == "record":
+        # The live server when configured, else the mock (resolved_mode refused half a
+        # live configuration). "all": AUTHSEC_MODE=record asks for a fresh recording;
+        # shared: every broker of this process (a crew builds one per tool) records
+        # into the one cassette instead of overwriting it on close.
+        if settings.base_url is not None and settings.client_id is not None:
+            inner = _live_transport(settings)
+        else:
+            from .transports.mock import MockTransport
+
+            inner = MockTransport()
         transport: Transport = replay.RecordingTransport(
-            _live_transport(settings), settings.cassette
+            inner, settings.cassette, record_mode="all", shared=True
         )
         return transport
     transport = replay.ReplayTransport(settings.cassette)
@@ -543,11 +559,21 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     """
     from .broker import TokenBroker
 
+    chosen = transport if transport is not None else build_transport(settings)
+    options: dict[str, Any] = {}
+    client_id = settings.client_id
+    if getattr(chosen, "mode", None) in ("record", "replay"):
+        # A cassette's tokens live on the cassette's time; a replay asks as the
+        # client the session was recorded with unless one is configured.
+        options["clock"] = chosen.clock  # type: ignore[attr-defined]
+        if client_id is None and chosen.mode == "replay":  # type: ignore[attr-defined]
+            client_id = getattr(chosen, "client_id", None)
     return TokenBroker(
-        transport if transport is not None else build_transport(settings),
-        client_id=settings.effective_client_id,
+        chosen,
+        client_id=client_id or settings.effective_client_id,
         audience=tuple(settings.audience),
         policy=refresh_policy(settings),
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
+        **options,
     )
