@@ -22,6 +22,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -341,6 +342,189 @@ def serve_mock(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+# --- record and cassette ------------------------------------------------------------------------
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The cassette to write (replaced if it exists).",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@friendly_errors
+def record(output: Path, command: tuple[str, ...]) -> None:
+    """Run COMMAND and record its AuthSec session to a cassette.
+
+    COMMAND runs with AUTHSEC_MODE=record and AUTHSEC_CASSETTE=FILE in its
+    environment (the other AUTHSEC_* settings as they are: live when
+    AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are set, the mock when neither is).
+    Token fetches and protected-API calls are written to FILE with no JWT
+    signature, credential header or API token in it. Exit status: COMMAND's.
+
+    \b
+    Example:
+      authsec-crewai record -o tests/cassettes/crew.json -- python my_crew.py
+      AUTHSEC_MODE=replay AUTHSEC_CASSETTE=tests/cassettes/crew.json python my_crew.py
+    """
+    import os
+    import subprocess
+
+    from .cassette import load
+    from .settings import AuthSecSettings
+
+    try:
+        configured = AuthSecSettings()
+        if configured.base_url is None and configured.client_id is None:
+            click.echo(
+                "note: AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are not set, so this records "
+                "the MOCK server (demo tokens and data)",
+                err=True,
+            )
+    except ConfigurationError:
+        pass  # the command itself reports the configuration error, in its own words
+    target = output.resolve()
+    before = target.stat().st_mtime_ns if target.exists() else None
+    env = {**os.environ, "AUTHSEC_MODE": "record", "AUTHSEC_CASSETTE": str(target)}
+    try:
+        completed = subprocess.run(list(command), env=env, check=False)  # noqa: S603 - the user's command
+    except OSError as exc:
+        raise ConfigurationFailed(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+    if not target.exists() or target.stat().st_mtime_ns == before:
+        click.echo(
+            f"note: {output} was not written: the command made no token or API call "
+            "through authsec-crewai (does it build its broker or tools from the AUTHSEC_* "
+            "settings?)",
+            err=True,
+        )
+    else:
+        recorded = load(target)
+        counts = ", ".join(f"{n} {kind}" for kind, n in recorded.counts().items())
+        click.echo(
+            f"recorded {len(recorded.interactions)} interaction(s) ({counts}) to {output}",
+            err=True,
+        )
+    click.get_current_context().exit(completed.returncode)
+
+
+@main.group()
+def cassette() -> None:
+    """Inspect and check cassettes (recorded sessions)."""
+
+
+@cassette.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@friendly_errors
+def cassette_show(file: Path) -> None:
+    """Show a cassette's interactions as a table (never a secret: there is none in it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .cassette import describe, iso_utc, load
+
+    recorded = load(file)
+    settings = recorded.settings
+    console = Console(highlight=False, soft_wrap=False)
+    console.print(
+        f"[bold]{file}[/]: cassette format {recorded.version}, recorded "
+        f"{iso_utc(recorded.recorded_at)} from {settings.get('mode') or '?'} "
+        f"({', '.join(f'{n} {kind}' for kind, n in recorded.counts().items())})"
+    )
+    table = Table(show_lines=False)
+    for name, justify in (("#", "right"), ("offset", "right"), ("kind", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("request", overflow="fold")
+    table.add_column("answer", overflow="fold")
+    for index, item in enumerate(recorded.interactions):
+        table.add_row(
+            str(index),
+            f"{item['offset']:.3f}s",
+            item["kind"],
+            describe(item["kind"], item["request"]),
+            _answer_summary(item),
+        )
+    console.print(table)
+
+
+def _answer_summary(item: dict[str, Any]) -> str:
+    """One cell: the status / token facts / error of an interaction."""
+    from .cassette import decode_body
+
+    if "error" in item:
+        error = item["error"]
+        status = f" ({error['status']})" if "status" in error else ""
+        return f"error {error.get('kind')}{status}: {str(error.get('message', ''))[:120]}"
+    answer = item["response"]
+    if item["kind"] == "token":
+        body = answer["body"]
+        jti = "-"
+        try:
+            from .wire import decode_unverified
+
+            jti = str(decode_unverified(str(body.get("token", "")))[1].get("jti", "-"))
+        except AuthSecError:
+            pass
+        return (
+            f"jti {jti}, {' '.join(body.get('permissions', []))}, "
+            f"expires {body.get('expires_at', '?')}"
+        )
+    if item["kind"] == "key_set":
+        body = answer.get("body")
+        return "no key set" if body is None else f"{len(body.get('keys', []))} key(s)"
+    size = len(decode_body(answer.get("body")))
+    kind = answer.get("headers", {}).get("content-type", "no content type")
+    return f"{answer['status']}, {kind}, {size} bytes"
+
+
+@cassette.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="VALUE",
+    help="Another value that must not appear (repeatable). AUTHSEC_API_TOKEN is always "
+    "checked when it is set.",
+)
+def cassette_verify(files: tuple[Path, ...], secrets: tuple[str, ...]) -> None:
+    """Check that cassettes are well-formed and hold no secret.
+
+    Fails (exit status 1, one line per problem) on a file that is not a valid
+    cassette of a known format version, or that contains a JWT with its
+    signature, an Authorization / Cookie / Set-Cookie (or similar) header, a
+    bearer credential, or the API token. Run it in CI over committed cassettes.
+    """
+    import os
+
+    from .cassette import find_secrets, load
+
+    checked = [*secrets, os.environ.get("AUTHSEC_API_TOKEN")]
+    failed = False
+    for file in files:
+        try:
+            recorded = load(file)
+        except AuthSecError as exc:
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
+            failed = True
+            continue
+        findings = find_secrets(recorded.document, secrets=checked)
+        for finding in findings[:20]:
+            click.echo(f"error: cassette {file}: {finding}", err=True)
+        if len(findings) > 20:
+            click.echo(f"error: cassette {file}: ... and {len(findings) - 20} more", err=True)
+        if findings:
+            failed = True
+        else:
+            click.echo(f"ok: {file}: {len(recorded.interactions)} interaction(s), no secret found")
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m authsec_crewai.cli`
