@@ -527,5 +527,164 @@ def cassette_verify(files: tuple[Path, ...], secrets: tuple[str, ...]) -> None:
         raise click.exceptions.Exit(EXIT_FAILURE)
 
 
+# --- fetch and demo --------------------------------------------------------------------------
+
+
+def _parse_params(params: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigurationFailed(f"--param {item[:60]!r}: expected NAME=VALUE, e.g. page=2")
+        pairs.append((name, value))
+    return pairs
+
+
+@main.command("fetch")
+@click.argument("endpoint")
+@click.option(
+    "-s",
+    "--scope",
+    required=True,
+    metavar="SCOPE",
+    help="The permission the call needs, e.g. read:records.",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A query parameter (repeatable), e.g. --param page=2.",
+)
+@friendly_errors
+def fetch(endpoint: str, scope: str, params: tuple[str, ...]) -> None:
+    """Call the protected API once, exactly as the CrewAI tools do, and print the result.
+
+    ENDPOINT is a path relative to the protected API (AUTHSEC_API_BASE_URL), e.g.
+    secure-vault/records. The same guards apply as in the tools (no absolute
+    URLs, '..', '?' or '#'; scope allowlist; the token's permissions), and the
+    same JSON comes out: {"status": "ok", ...} or {"status": "error", ...}.
+    Exit status 1 when the result is an error, 2 when the configuration is wrong.
+    """
+    import anyio
+
+    from .errors import AuthSecError as _AuthSecError
+    from .fetch import SecureFetcher, error_result, render_result
+    from .settings import AuthSecSettings, build_broker
+
+    pairs = _parse_params(params)
+    settings = AuthSecSettings()
+    mode = settings.resolved_mode
+
+    async def call() -> dict[str, Any]:
+        async with build_broker(settings) as broker:
+            fetcher = SecureFetcher(broker, settings)
+            try:
+                result = await fetcher.fetch(endpoint, scope, params=pairs)
+            except ConfigurationError:
+                raise
+            except _AuthSecError as exc:
+                return error_result(exc)
+            return result.to_dict()
+
+    payload = anyio.run(call)
+    if settings.mode == "auto" and mode == "mock":
+        click.echo(
+            "note: AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are not both set, so this called "
+            "the MOCK vault (set AUTHSEC_MODE=mock to silence this note)",
+            err=True,
+        )
+    click.echo(render_result(payload))
+    if payload.get("status") != "ok":
+        raise click.exceptions.Exit(EXIT_FAILURE)
+
+
+_QUIET_CREWAI = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+}
+
+
+@main.command()
+@friendly_errors
+def demo() -> None:
+    """Run a real CrewAI crew offline: mock tokens, a scripted model, the real tool.
+
+    Crew.kickoff() runs one analyst agent whose (scripted, native
+    function-calling) model fetches secure-vault/records and secure-vault/metrics
+    through the AuthSec tool, is refused a scope its delegation does not grant
+    (read:audit), and writes a briefing from what it read. Prints the token log
+    (mode, fingerprints, scopes, expiry; never a token) and the crew's answer.
+    Always MOCK mode: no network, no API key. Telemetry and tracing are turned
+    off and CrewAI's storage goes to a temporary directory, unless you set
+    CREWAI_DISABLE_TELEMETRY, OTEL_SDK_DISABLED, CREWAI_TRACING_ENABLED or
+    CREWAI_STORAGE_DIR yourself.
+    """
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="authsec-crewai-demo-") as storage:
+        wanted = {**_QUIET_CREWAI, "CREWAI_STORAGE_DIR": storage}
+        added = [name for name in wanted if name not in os.environ]
+        os.environ.update({name: wanted[name] for name in added})
+        try:
+            from .demo import run_demo  # imports crewai: after the variables are set
+
+            outcome = run_demo()
+        finally:
+            for name in added:
+                os.environ.pop(name, None)
+    _print_demo(outcome)
+
+
+def _print_demo(outcome: Any) -> None:
+    """The token log, the tool calls and the crew's answer, as rich tables."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False)
+    console.print(
+        f"[bold]authsec-crewai demo[/] — mode [bold cyan]{escape(outcome.mode.upper())}[/], "
+        f"real Crew.kickoff() with a scripted model, {outcome.seconds:.2f}s"
+    )
+    log = Table(title=f"Token log ({outcome.mode} mode)", title_justify="left")
+    for column in ("time", "event", "token", "scopes", "detail"):
+        log.add_column(column, overflow="fold")
+    for event in outcome.events:
+        when = datetime.fromtimestamp(event["at"], UTC).strftime("%H:%M:%S")
+        name = str(event.get("event", ""))
+        fingerprint = event.get("fingerprint")
+        token = f"jwt:{fingerprint}" if fingerprint else "-"
+        scopes = event.get("scopes") or event.get("scope") or "-"
+        if isinstance(scopes, list):
+            scopes = " ".join(scopes)
+        if name == "token.issued":
+            expiry = datetime.fromtimestamp(event["at"] + float(event.get("expires_in", 0)), UTC)
+            detail = f"expires {expiry.strftime('%H:%M:%S')}Z (in {event.get('expires_in')}s)"
+        elif name.startswith("fetch."):
+            outcome_text = "ok" if name == "fetch.ok" else str(event.get("error", name))
+            detail = f"{event.get('endpoint', '')} -> {outcome_text}"
+        else:
+            detail = ""
+        log.add_row(when, name, token, str(scopes), escape(str(detail)))
+    console.print(log)
+    tokens = Table(title="Tokens held by the broker", title_justify="left")
+    for column in ("token", "jti", "permissions", "expires at"):
+        tokens.add_column(column, overflow="fold")
+    for held in outcome.tokens:
+        tokens.add_row(
+            f"jwt:{held.fingerprint}",
+            held.jti or "-",
+            " ".join(sorted(held.permissions)),
+            held.expires_at.isoformat(timespec="seconds"),
+        )
+    console.print(tokens)
+    console.print(Panel(escape(outcome.answer), title="The crew's answer", title_align="left"))
+
+
 if __name__ == "__main__":  # pragma: no cover - `python -m authsec_crewai.cli`
     main()

@@ -1,0 +1,631 @@
+"""The CrewAI tools: ``AuthSecSecureFetchTool`` (sync) and ``AsyncAuthSecSecureFetchTool``.
+
+This is the only module of the library that imports crewai (which takes
+seconds to import); ``import authsec_crewai`` never loads it.
+
+Both tools wrap a :class:`~authsec_crewai.fetch.SecureFetcher`. What they add:
+
+- **One broker per configuration, per process.** A crew builds many tools (one
+  per agent, often more); each with its own broker would mean one token cache
+  and one single flight per tool, and a request to AuthSec per tool. Tools
+  configured alike share one :class:`_Runtime`: a token broker, and the one
+  event loop (on a daemon thread) where every protected-API call of that
+  broker runs. The registry key is the part of the settings that decides which
+  tokens come back (see :func:`_settings_key`); per-tool policy (allowlists,
+  method, size cap, API origin) stays per tool.
+- **Any caller.** CrewAI calls the sync ``_run`` in worker threads, under both
+  ``kickoff()`` and ``akickoff()``; async applications await ``_arun`` on
+  asyncio or trio, on any thread. Both hand the call to the runtime's loop and
+  wait for it (a blocked thread for ``_run``, a non-blocking cross-loop wake-up
+  for ``_arun``), so the transport's connection pool only ever sees one loop.
+- **Failures are answers.** A refusal or failure is *returned* as JSON telling
+  the model what went wrong and whether retrying can help, instead of raised:
+  CrewAI would otherwise feed the exception text back and let the model repeat
+  a refused call. A live failure is an error, never mock data (fail closed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from crewai.tools import BaseTool, EnvVar
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from . import errors
+from ._loopref import LoopRef
+from .broker import TokenBroker
+from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
+from .logging import get_logger
+from .redact import redact_text
+from .settings import AuthSecSettings, build_broker, env_var, refresh_policy
+from .sync import SyncTokenBroker
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .fetch import FetchResult
+    from .transports.base import Transport
+
+__all__ = [
+    "DEFAULT_TOOL_NAME",
+    "AsyncAuthSecSecureFetchTool",
+    "AuthSecSecureFetchTool",
+    "QueryParam",
+    "SecureFetchArgs",
+    "close_shared_brokers",
+    "describe_tool",
+]
+
+T = TypeVar("T")
+
+DEFAULT_TOOL_NAME = "authsec_secure_vault_fetcher"
+"""The name the authsec-crewai 0.1 tool had, so existing prompts and crews keep working."""
+
+_log = get_logger("authsec_crewai.tools")
+
+
+# --- the arguments the model fills in ------------------------------------------------------------
+
+
+class QueryParam(BaseModel):
+    """One query parameter.
+
+    A list of name/value objects rather than a free-form object, because
+    strict function-calling schemas (OpenAI ``strict: true``) cannot express an
+    object with arbitrary keys: a model would only ever be able to send ``{}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Parameter name, e.g. 'page'.")
+    value: str = Field(description="Parameter value, as text, e.g. '2'.")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _scalar_to_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        return value
+
+
+class SecureFetchArgs(BaseModel):
+    """The tool's arguments, as the model sees them."""
+
+    endpoint: str = Field(
+        description="Path relative to the protected API, e.g. 'secure-vault/records'. "
+        "Never a full URL or host; no '..', '?', '#' or percent-escapes."
+    )
+    scope: str = Field(
+        description="The permission this call needs, shaped 'resource:action', "
+        "e.g. 'read:records' or 'read:metrics'."
+    )
+    params: list[QueryParam] | None = Field(
+        default=None,
+        description="Optional query parameters, e.g. [{'name': 'page', 'value': '2'}].",
+    )
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _object_to_pairs(cls, value: Any) -> Any:
+        """Accept ``{"page": "2"}`` too: people (and ReAct models) write it that way."""
+        if isinstance(value, Mapping):
+            return [{"name": key, "value": item} for key, item in value.items()]
+        return value
+
+
+def describe_tool(settings: AuthSecSettings) -> str:
+    """The description the model reads: what endpoints and scopes look like, and the result.
+
+    Configured allowlists are spelled out, so a model does not have to learn
+    them by being refused.
+    """
+    lines = [
+        "Fetches data from the AuthSec-protected API with a short-lived delegation token "
+        "limited to the scope of this call, and returns the API's JSON answer.",
+        "endpoint: a path relative to the API, e.g. 'secure-vault/records' or "
+        "'secure-vault/metrics'; never a full URL or host name, and no '..', '?', '#' or "
+        "percent-escapes.",
+        "scope: the one permission the call needs, shaped 'resource:action', e.g. "
+        "'read:records' for secure-vault/records and 'read:metrics' for secure-vault/metrics.",
+        "params: optional query parameters, a list of {name, value}.",
+        'The result is JSON: {"status": "ok", "endpoint": ..., "scope": ..., "data": ...} or '
+        '{"status": "error", "error": <kind>, "message": ..., "retryable": true|false}. '
+        'Read the message; do not repeat a call whose error has "retryable": false.',
+    ]
+    if settings.allowed_endpoints is not None:
+        prefixes = ", ".join(repr(p) for p in settings.allowed_endpoints) or "none"
+        lines.append(f"Allowed endpoint prefixes: {prefixes}.")
+    if settings.allowed_scopes is not None:
+        lines.append(f"Allowed scopes: {', '.join(settings.allowed_scopes) or 'none'}.")
+    if settings.allowed_methods != ["GET"]:
+        lines.append(f"Allowed methods: {', '.join(settings.allowed_methods)}.")
+    return "\n".join(lines)
+
+
+def _env_vars() -> list[EnvVar]:
+    def var(field: str, description: str, default: str | None = None) -> EnvVar:
+        return EnvVar(name=env_var(field), description=description, required=False, default=default)
+
+    return [
+        var(
+            "mode",
+            "auto | live | mock | record | replay (auto: live when the server and client "
+            "id are set, else mock with a warning).",
+            "auto",
+        ),
+        var("base_url", "The AuthSec server, e.g. https://authsec.example.com."),
+        var("client_id", "The agent's client id (a UUID); AUTHSEC_AGENT_CLIENT_ID is read too."),
+        EnvVar(
+            name="AUTHSEC_AGENT_CLIENT_ID",
+            description="The client id under the name the existing AuthSec SDKs use.",
+            required=False,
+        ),
+        var("api_token", "API token for the AuthSec server (newest server generation)."),
+        var(
+            "api_base_url",
+            "The protected API's origin; the token is only sent there. Defaults to "
+            "AUTHSEC_BASE_URL.",
+        ),
+        var("allowed_scopes", "If set, the only scopes the tool may request."),
+        var("allowed_endpoints", "If set, the only path prefixes the tool may call."),
+    ]
+
+
+def cache_successes(_args: Any = None, result: Any = None) -> bool:
+    """CrewAI's tool cache keeps only successful answers.
+
+    A cached failure would answer a later, legitimate retry of a transient
+    error (a timeout, a 503) with the stale error.
+    """
+    return isinstance(result, str) and result.startswith(OK_PREFIX)
+
+
+# --- one event loop per shared broker ----------------------------------------------------------
+
+
+class _Job:
+    """One call handed to a runtime's loop, and its outcome."""
+
+    __slots__ = ("cancel_requested", "done", "error", "func", "notify", "result", "scope")
+
+    def __init__(self, func: Callable[[], Awaitable[Any]], notify: Callable[[], object]) -> None:
+        self.func = func
+        self.notify = notify
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.cancel_requested = False
+        self.scope: anyio.CancelScope | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Runtime:
+    """A token broker and the event loop, on a daemon thread, where its calls run.
+
+    Why a thread of its own: CrewAI calls tools from short-lived worker
+    threads and from other event loops, while a broker's fetches and the
+    transport's connection pool must live on one loop that outlives them all.
+    The thread is a daemon so an application that never closes its tools
+    still exits; :func:`close_shared_brokers` (also run at exit) stops it
+    cleanly, closing the broker and its transport.
+    """
+
+    def __init__(self, broker: TokenBroker, *, owns_broker: bool) -> None:
+        self.broker = broker
+        self._owns_broker = owns_broker
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._home: LoopRef | None = None
+        self._tg: TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._home else "not started")
+        return f"_Runtime({self.broker!r}, {state})"
+
+    # copies of a tool share its runtime (CrewAI and pydantic may copy tools)
+    def __copy__(self) -> _Runtime:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Runtime:
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._failure is not None
+
+    def start(self) -> None:
+        """Start the loop thread (once) and wait until it accepts calls."""
+        with self._lock:
+            if self._closed:
+                raise errors.BrokerClosedError("this tool's broker was closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._thread_main, name="authsec-crewai-broker", daemon=True
+                )
+                self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise errors.BrokerClosedError(
+                f"the broker could not start ({type(self._failure).__name__}: "
+                f"{redact_text(str(self._failure))[:200]})"
+            )
+
+    def _thread_main(self) -> None:
+        try:
+            anyio.run(self._main)
+        except BaseException as exc:  # reported to callers by start(); the thread just ends
+            self._failure = exc
+        finally:
+            self._home, self._tg = None, None
+            self._ready.set()
+
+    async def _main(self) -> None:
+        async with AsyncExitStack() as stack:
+            if self._owns_broker:
+                await stack.enter_async_context(self.broker)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._stop = anyio.Event()
+            self._tg, self._home = tg, LoopRef.current()
+            self._ready.set()
+            await self._stop.wait()
+            self._tg = None  # from now on, new calls fail instead of starting
+            tg.cancel_scope.cancel()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting calls, cancel running ones, close an owned broker. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread, home, stop = self._thread, self._home, self._stop
+        if thread is None or home is None or stop is None:
+            return
+        if home.is_current_thread():
+            raise RuntimeError("a runtime cannot be closed from its own event loop")
+        if home.call_soon(stop.set):
+            thread.join(timeout)
+
+    # --- running calls on the loop ---------------------------------------------------------
+
+    def _submit(self, job: _Job) -> LoopRef:
+        home = self._home
+        if self._closed or home is None or not home.call_soon(self._spawn, job):
+            raise errors.BrokerClosedError("this tool's broker was closed")
+        return home
+
+    def _spawn(self, job: _Job) -> None:
+        """On the loop's thread: start the job, or fail it if the runtime is stopping."""
+        if self._tg is None:
+            self._finish(job, error=errors.BrokerClosedError("this tool's broker was closed"))
+        else:
+            self._tg.start_soon(self._run_job, job)
+
+    async def _run_job(self, job: _Job) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                job.scope = scope
+                if job.cancel_requested:
+                    scope.cancel()
+                result = await job.func()
+                return
+        except Exception as exc:
+            error = exc
+        finally:
+            if error is None and job.scope is not None and job.scope.cancel_called:
+                error = errors.BrokerClosedError("the call was cancelled")
+            elif error is None and self._tg is None:
+                error = errors.BrokerClosedError("this tool's broker was closed")
+            self._finish(job, result=result, error=error)
+
+    @staticmethod
+    def _finish(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
+        if job.done:
+            return
+        job.result, job.error, job.done = result, error, True
+        job.notify()
+
+    @staticmethod
+    def _cancel(job: _Job) -> None:
+        """On the loop's thread: the caller gave up, so stop the work done for it."""
+        job.cancel_requested = True
+        if job.scope is not None:
+            job.scope.cancel()
+
+    def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` on the loop and block this thread until it is done."""
+        self.start()
+        done = threading.Event()
+        job = _Job(func, done.set)
+        home = self._home
+        if home is not None and home.is_current_thread():
+            raise RuntimeError("a blocking tool call cannot run on the broker's own event loop")
+        home = self._submit(job)
+        try:
+            done.wait()
+        except BaseException:  # KeyboardInterrupt: do not leave the request running
+            home.call_soon(self._cancel, job)
+            raise
+        result: T = job.outcome()
+        return result
+
+    async def acall(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` on the loop; the calling loop (any, asyncio or trio) keeps running.
+
+        The caller's cancellation cancels the work done for it on the runtime's
+        loop, and nothing else.
+        """
+        self.start()
+        home = self._home
+        if home is not None and home.is_current_thread():
+            return await func()
+        event = anyio.Event()
+        waiter = LoopRef.current()
+        job = _Job(func, functools.partial(waiter.call_soon, event.set))
+        home = self._submit(job)
+        try:
+            await event.wait()
+        except BaseException:
+            if not job.done:
+                home.call_soon(self._cancel, job)
+            raise
+        result: T = job.outcome()
+        return result
+
+
+_registry: dict[Hashable, _Runtime] = {}
+_registry_lock = threading.Lock()
+
+
+def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
+    """What decides which tokens a broker gets: tools equal in all of it share a broker.
+
+    The mode and server, the agent, the API token (as a hash: the registry must
+    not hold secrets in its keys), audience, verification and the refresh
+    policy. Per-tool policy (allowlists, methods, size cap, API origin) is
+    deliberately absent: it does not change the tokens, only their use.
+    """
+    api_token = settings.api_token_value()
+    return (
+        settings.resolved_mode,
+        settings.base_url,
+        settings.effective_client_id,
+        None if api_token is None else hashlib.sha256(api_token.encode()).hexdigest(),
+        tuple(settings.audience),
+        settings.verify,
+        settings.verify_leeway,
+        settings.timeout,
+        settings.retry_budget,
+        refresh_policy(settings),
+        None if settings.cassette is None else str(settings.cassette.resolve()),
+    )
+
+
+def _shared_runtime(key: Hashable, factory: Callable[[], _Runtime]) -> _Runtime:
+    with _registry_lock:
+        runtime = _registry.get(key)
+        if runtime is None or runtime.closed:
+            runtime = _registry[key] = factory()
+    runtime.start()
+    return runtime
+
+
+def close_shared_brokers() -> None:
+    """Stop every shared broker and its loop thread; tools start fresh ones on next use.
+
+    Runs at interpreter exit. Call it yourself after forking, between tests, or
+    to drop every cached token of the process at once.
+    """
+    with _registry_lock:
+        runtimes = list(_registry.values())
+        _registry.clear()
+    for runtime in runtimes:
+        try:
+            runtime.close()
+        except Exception as exc:  # best effort: one stuck runtime must not keep others open
+            _log.warning("tools.close_failed", error=type(exc).__name__)
+
+
+atexit.register(close_shared_brokers)
+
+
+class _Binding:
+    """What one tool is wired to: a shared runtime and the tool's own fetcher.
+
+    Resolved on first use (constructing a tool starts no thread) and again
+    after :func:`close_shared_brokers`. Copies of a tool share the binding.
+    """
+
+    def __init__(
+        self,
+        settings: AuthSecSettings,
+        source: TokenBroker | SyncTokenBroker | Transport | None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self._lock = threading.Lock()
+        self._runtime: _Runtime | None = None
+        self._fetcher: SecureFetcher | None = None
+
+    def __copy__(self) -> _Binding:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Binding:
+        return self
+
+    def get(self) -> tuple[_Runtime, SecureFetcher]:
+        with self._lock:
+            if self._runtime is None or self._fetcher is None or self._runtime.closed:
+                runtime = self._acquire()
+                self._fetcher = SecureFetcher(runtime.broker, self.settings)
+                self._runtime = runtime
+            return self._runtime, self._fetcher
+
+    def _acquire(self) -> _Runtime:
+        source, settings, pid = self.source, self.settings, os.getpid()
+        if isinstance(source, SyncTokenBroker):
+            source = source.broker
+        if isinstance(source, TokenBroker):
+            broker = source
+            return _shared_runtime(
+                ("broker", pid, id(broker)), lambda: _Runtime(broker, owns_broker=False)
+            )
+        if source is not None:
+            transport = source
+            return _shared_runtime(
+                ("transport", pid, id(transport), _settings_key(settings)[2:]),
+                lambda: _Runtime(build_broker(settings, transport), owns_broker=True),
+            )
+        return _shared_runtime(
+            ("settings", pid, _settings_key(settings)),
+            lambda: _Runtime(build_broker(settings), owns_broker=True),
+        )
+
+
+# --- the tools ------------------------------------------------------------------------------------
+
+
+class _SecureFetchTool(BaseTool):
+    """What both tools share: arguments, wiring, and turning outcomes into JSON."""
+
+    name: str = DEFAULT_TOOL_NAME
+    description: str = ""
+    args_schema: type[BaseModel] = SecureFetchArgs
+    env_vars: list[EnvVar] = Field(default_factory=_env_vars)
+
+    _binding: _Binding = PrivateAttr()
+
+    def __init__(
+        self,
+        *,
+        settings: AuthSecSettings | None = None,
+        broker: TokenBroker | SyncTokenBroker | None = None,
+        transport: Transport | None = None,
+        **data: Any,
+    ) -> None:
+        """Wire the tool by hand, or not at all.
+
+        - nothing: ``AuthSecSettings()`` from the environment (and ``.env``);
+        - ``settings=``: that configuration;
+        - ``broker=``: a running ``TokenBroker`` or ``SyncTokenBroker`` you
+          own (the tool never closes it); ``settings`` then only sets policy;
+        - ``transport=``: a transport of yours; a broker is built on it from
+          ``settings``.
+
+        Tools given the same configuration, broker or transport share one
+        broker. Other keyword arguments are CrewAI's (``name``,
+        ``description``, ``result_as_answer``, ...).
+        """
+        if broker is not None and transport is not None:
+            raise errors.ConfigurationError("pass broker= or transport=, not both")
+        resolved = settings if settings is not None else AuthSecSettings()
+        if broker is None and transport is None:
+            resolved.resolved_mode  # noqa: B018 - a broken configuration fails here, not mid-crew
+        if not data.get("description"):
+            data["description"] = describe_tool(resolved)
+        data.setdefault("cache_function", cache_successes)
+        super().__init__(**data)
+        self._binding = _Binding(resolved, broker if broker is not None else transport)
+
+    @property
+    def settings(self) -> AuthSecSettings:
+        """The configuration this tool was built with (policy, and the broker's if shared)."""
+        return self._binding.settings
+
+    @property
+    def broker(self) -> TokenBroker:
+        """The (shared) broker this tool gets its tokens from; starts it if needed."""
+        return self._binding.get()[0].broker
+
+    def _fetch_call(
+        self, endpoint: str, scope: str, params: ParamsLike
+    ) -> tuple[_Runtime, Callable[[], Awaitable[FetchResult]]]:
+        runtime, fetcher = self._binding.get()
+        return runtime, functools.partial(fetcher.fetch, endpoint, scope, params=params)
+
+    def _failure(self, exc: Exception) -> str:
+        if not isinstance(exc, errors.AuthSecError):
+            _log.error("tools.unexpected_error", tool=self.name, exc_info=exc)
+        return render_result(error_result(exc))
+
+    def _run(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
+        """Fetch synchronously; safe from any thread, also one running an event loop.
+
+        Returns the result as JSON text; failures are returned, not raised.
+        """
+        try:
+            runtime, call = self._fetch_call(endpoint, scope, params)
+            result = runtime.call(call)
+        except Exception as exc:
+            return self._failure(exc)
+        return render_result(result.to_dict())
+
+
+class AuthSecSecureFetchTool(_SecureFetchTool):
+    """Fetch from an AuthSec-protected API with a scoped delegation token (sync).
+
+    The drop-in successor of authsec-crewai 0.1's tool: same name
+    (``authsec_secure_vault_fetcher``) and arguments (``endpoint``, ``scope``),
+    plus optional ``params``; guarded, shared-broker, fail-closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: AuthSecSettings | None = None,
+        broker: TokenBroker | SyncTokenBroker | None = None,
+        transport: Transport | None = None,
+        **data: Any,
+    ) -> None:
+        # Spelled out (not inherited) so type checkers see these keywords: they
+        # synthesise a pydantic model's __init__ from its fields otherwise.
+        super().__init__(settings=settings, broker=broker, transport=transport, **data)
+
+
+class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
+    """The same tool with a native ``_arun`` for async applications (asyncio or trio).
+
+    ``await tool.arun(endpoint=..., scope=...)`` does not block the event loop
+    and works from any loop on any thread. Its ``_run`` stays truly sync,
+    because CrewAI calls ``_run`` in worker threads under both ``kickoff()``
+    and ``akickoff()``, and ``BaseTool.run`` would hand a coroutine to
+    ``asyncio.run``, which fails inside a running loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: AuthSecSettings | None = None,
+        broker: TokenBroker | SyncTokenBroker | None = None,
+        transport: Transport | None = None,
+        **data: Any,
+    ) -> None:
+        super().__init__(settings=settings, broker=broker, transport=transport, **data)
+
+    async def _arun(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
+        """Fetch asynchronously; returns the result as JSON text, failures included."""
+        try:
+            runtime, call = self._fetch_call(endpoint, scope, params)
+            result = await runtime.acall(call)
+        except Exception as exc:
+            return self._failure(exc)
+        return render_result(result.to_dict())
