@@ -95,7 +95,7 @@ ParamsLike = Mapping[str, Any] | Sequence[Any] | None
 ``{"name": ..., "value": ...}`` objects (the shape the tools' schema uses)."""
 
 
-# --- results ---------------------------------------------------------------------------------
+# --- results ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,7 @@ def render_result(payload: Mapping[str, Any]) -> str:
     return redact_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
-# --- input guards ------------------------------------------------------------------------------
+# --- input guards -------------------------------------------------------------------------------
 
 
 def _show(value: object, limit: int = 80) -> str:

@@ -72,7 +72,7 @@ DEFAULT_TOOL_NAME = "authsec_secure_vault_fetcher"
 _log = get_logger("authsec_crewai.tools")
 
 
-# --- the arguments the model fills in ------------------------------------------------------------
+# --- the arguments the model fills in -----------------------------------------------------------
 
 
 class QueryParam(BaseModel):
@@ -190,7 +190,7 @@ def cache_successes(_args: Any = None, result: Any = None) -> bool:
     return isinstance(result, str) and result.startswith(OK_PREFIX)
 
 
-# --- one event loop per shared broker ----------------------------------------------------------
+# --- one event loop per shared broker -----------------------------------------------------------
 
 
 class _Job:
@@ -501,7 +501,7 @@ class _Binding:
         )
 
 
-# --- the tools ------------------------------------------------------------------------------------
+# --- the tools ----------------------------------------------------------------------------------
 
 
 class _SecureFetchTool(BaseTool):
