@@ -435,7 +435,8 @@ def cassette_show(file: Path) -> None:
     console.print(
         f"[bold]{file}[/]: cassette format {recorded.version}, recorded "
         f"{iso_utc(recorded.recorded_at)} from {settings.get('mode') or '?'} "
-        f"({', '.join(f'{n} {kind}' for kind, n in recorded.counts().items())})"
+        f"({', '.join(f'{n} {kind}' for kind, n in recorded.counts().items())})",
+        soft_wrap=True,
     )
     table = Table(show_lines=False)
     for name, justify in (("#", "right"), ("offset", "right"), ("kind", "left")):
