@@ -46,7 +46,8 @@ def problems_in(text: str) -> list[str]:
         if re.search(rf'"{name}"\s*:', text, re.IGNORECASE):
             found.append(f"{name} header")
     if re.search(
-        r"(?i)bearer\s+(?!REDACTED)(?![A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.REDACTED)\S{8,}", text
+        r"(?i)bearer\s+(?!REDACTED)(?![A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.REDACTED)[A-Za-z0-9._~+/-]{8,}",
+        text,
     ):
         found.append("bearer credential")
     return found
