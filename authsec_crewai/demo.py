@@ -116,11 +116,18 @@ def _summarise(results: Sequence[dict[str, Any]], plan: Sequence[tuple[str, str]
         retry = "may retry later" if result.get("retryable") else "not retried"
         lines.append(f"- refused: {result.get('error')} ({retry}): {result.get('message')}")
     asked = {endpoint for endpoint, _ in plan}
+    before_api = all(
+        r.get("error") in ("endpoint_refused", "scope_refused")
+        or "without calling the API" in str(r.get("message"))
+        for r in errors
+    )
     lines.append(
-        f"{len(oks)} of {len(asked)} reads succeeded; every refusal happened before the "
-        "API saw a request."
-        if errors
-        else f"{len(oks)} of {len(asked)} reads succeeded."
+        f"{len(oks)} of {len(asked)} reads succeeded"
+        + (
+            "; every refusal happened before the API saw a request."
+            if errors and before_api
+            else "."
+        )
     )
     return "\n".join(lines)
 

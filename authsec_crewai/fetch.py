@@ -601,7 +601,7 @@ class SecureFetcher:
                 error=exc.kind,
                 endpoint=_show(endpoint),
                 scope=_show(scope),
-                method=_show(method, 16),
+                method=method if isinstance(method, str) and method.isalpha() else _show(method),
                 mode=self.mode,
             )
             raise

@@ -240,7 +240,7 @@ def test_params_accept_the_shapes_people_and_models_send() -> None:
         {"a": "x" * 5000},
     ):
         with pytest.raises(errors.EndpointRefusedError):
-            normalize_params(bad)  # type: ignore[arg-type]
+            normalize_params(bad)
     with pytest.raises(errors.EndpointRefusedError, match="too many"):
         normalize_params({f"p{i}": i for i in range(51)})
 
