@@ -385,16 +385,25 @@ def authsec_tool(
 
     Its shared broker is closed at teardown, which writes the cassette.
     """
+    from .fetch import MOCK_API_ORIGIN
+    from .settings import DEMO_CLIENT_ID
     from .tools import AuthSecSecureFetchTool, close_shared_brokers
 
     settings = authsec_settings
-    if settings.api_base_url is None:
-        # Replay does not match hosts, but the path prefix must be the recorded one;
-        # a recording of the mock has no origin of its own.
-        from .fetch import MOCK_API_ORIGIN
-
-        recorded = getattr(authsec_transport, "api_base_url", None)
-        settings = settings.model_copy(update={"api_base_url": recorded or MOCK_API_ORIGIN})
+    # The same client id as authsec_broker's. And replay does not match hosts, but
+    # the path prefix must be the recorded one; a recording of the mock has no
+    # origin of its own.
+    recorded_client = getattr(authsec_transport, "client_id", None)
+    recorded_api = getattr(authsec_transport, "api_base_url", None)
+    update: dict[str, Any] = {
+        "client_id": settings.client_id or recorded_client or DEMO_CLIENT_ID,
+        "api_base_url": settings.api_base_url or recorded_api or MOCK_API_ORIGIN,
+    }
+    if settings.mode == "auto":
+        # The transport is given, so the mode decides nothing here; spelling out what
+        # "auto" means keeps its mock-mode warning out of every replayed test.
+        update["mode"] = "live" if settings.base_url and settings.client_id else "mock"
+    settings = settings.model_copy(update=update)
     tool = AuthSecSecureFetchTool(settings=settings, transport=authsec_transport)
     try:
         yield tool
