@@ -8,6 +8,7 @@ endpoint and key bundle included). Nothing here imports crewai.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -525,6 +526,8 @@ def _echo(request: httpx.Request) -> httpx.Response:
 @pytest.mark.anyio
 async def test_no_token_in_results_errors_or_logs_even_from_an_echoing_api() -> None:
     client = httpx.AsyncClient(transport=httpx.MockTransport(_echo))
+    # every level reaches the capture, whatever an earlier test configured (restored after)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     with structlog.testing.capture_logs() as logs:
         async with TokenBroker(MockTransport(), client_id=DEMO_CLIENT_ID) as broker:
             token = await broker.token("read:records")
