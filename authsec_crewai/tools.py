@@ -273,6 +273,12 @@ class _Runtime:
             anyio.run(self._main)
         except BaseException as exc:  # reported to callers by start(); the thread just ends
             self._failure = exc
+            if self._ready.is_set():  # it ran, then failed (while closing, say): say so
+                _log.warning(
+                    "tools.broker_stopped",
+                    error=getattr(exc, "kind", type(exc).__name__),
+                    message=redact_text(str(exc))[:300],
+                )
         finally:
             self._home, self._tg = None, None
             self._ready.set()
@@ -295,8 +301,12 @@ class _Runtime:
             if self._closed:
                 return
             self._closed = True
-            thread, home, stop = self._thread, self._home, self._stop
-        if thread is None or home is None or stop is None:
+            thread = self._thread
+        if thread is None:
+            return
+        self._ready.wait(timeout)  # a start in progress: let it finish, then stop it
+        home, stop = self._home, self._stop
+        if home is None or stop is None:
             return
         if home.is_current_thread():
             raise RuntimeError("a runtime cannot be closed from its own event loop")
