@@ -30,9 +30,11 @@ def canonical_scopes(scopes: ScopesLike) -> frozenset[str]:
     Raises ``ValueError`` for an empty or malformed scope, so a typo never turns
     into a request for "no scope at all".
     """
-    items = scopes.split() if isinstance(scopes, str) else [
-        part for item in scopes for part in str(item).split()
-    ]
+    items = (
+        scopes.split()
+        if isinstance(scopes, str)
+        else [part for item in scopes for part in str(item).split()]
+    )
     if not items:
         raise ValueError("at least one scope is required, e.g. 'read:records'")
     for item in items:

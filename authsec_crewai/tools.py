@@ -8,7 +8,7 @@ Both tools wrap a :class:`~authsec_crewai.fetch.SecureFetcher`. What they add:
 - **One broker per configuration, per process.** A crew builds many tools (one
   per agent, often more); each with its own broker would mean one token cache
   and one single flight per tool, and a request to AuthSec per tool. Tools
-  configured alike share one :class:`_Runtime`: a token broker, and the one
+  configured alike share one :class:`BrokerThread`: a token broker, and the one
   event loop (on a daemon thread) where every protected-API call of that
   broker runs. The registry key is the part of the settings that decides which
   tokens come back (see :func:`_settings_key`); per-tool policy (allowlists,
@@ -32,25 +32,20 @@ import hashlib
 import os
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 from crewai.tools import BaseTool, EnvVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from . import errors
-from ._loopref import LoopRef
+from ._brokerthread import BrokerThread
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
 from .logging import get_logger
-from .redact import redact_text
 from .settings import AuthSecSettings, build_broker, env_var, refresh_policy
 from .sync import SyncTokenBroker
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
     from .fetch import FetchResult
     from .transports.base import Transport
 
@@ -190,219 +185,7 @@ def cache_successes(_args: Any = None, result: Any = None) -> bool:
     return isinstance(result, str) and result.startswith(OK_PREFIX)
 
 
-# --- one event loop per shared broker -----------------------------------------------------------
-
-
-class _Job:
-    """One call handed to a runtime's loop, and its outcome."""
-
-    __slots__ = ("cancel_requested", "done", "error", "func", "notify", "result", "scope")
-
-    def __init__(self, func: Callable[[], Awaitable[Any]], notify: Callable[[], object]) -> None:
-        self.func = func
-        self.notify = notify
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.cancel_requested = False
-        self.scope: anyio.CancelScope | None = None
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class _Runtime:
-    """A token broker and the event loop, on a daemon thread, where its calls run.
-
-    Why a thread of its own: CrewAI calls tools from short-lived worker
-    threads and from other event loops, while a broker's fetches and the
-    transport's connection pool must live on one loop that outlives them all.
-    The thread is a daemon so an application that never closes its tools
-    still exits; :func:`close_shared_brokers` (also run at exit) stops it
-    cleanly, closing the broker and its transport.
-    """
-
-    def __init__(self, broker: TokenBroker, *, owns_broker: bool) -> None:
-        self.broker = broker
-        self._owns_broker = owns_broker
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._home: LoopRef | None = None
-        self._tg: TaskGroup | None = None
-        self._stop: anyio.Event | None = None
-        self._failure: BaseException | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("running" if self._home else "not started")
-        return f"_Runtime({self.broker!r}, {state})"
-
-    # copies of a tool share its runtime (CrewAI and pydantic may copy tools)
-    def __copy__(self) -> _Runtime:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _Runtime:
-        return self
-
-    @property
-    def closed(self) -> bool:
-        return self._closed or self._failure is not None
-
-    def start(self) -> None:
-        """Start the loop thread (once) and wait until it accepts calls."""
-        with self._lock:
-            if self._closed:
-                raise errors.BrokerClosedError("this tool's broker was closed")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._thread_main, name="authsec-crewai-broker", daemon=True
-                )
-                self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise errors.BrokerClosedError(
-                f"the broker could not start ({type(self._failure).__name__}: "
-                f"{redact_text(str(self._failure))[:200]})"
-            )
-
-    def _thread_main(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:  # reported to callers by start(); the thread just ends
-            self._failure = exc
-            if self._ready.is_set():  # it ran, then failed (while closing, say): say so
-                _log.warning(
-                    "tools.broker_stopped",
-                    error=getattr(exc, "kind", type(exc).__name__),
-                    message=redact_text(str(exc))[:300],
-                )
-        finally:
-            self._home, self._tg = None, None
-            self._ready.set()
-
-    async def _main(self) -> None:
-        async with AsyncExitStack() as stack:
-            if self._owns_broker:
-                await stack.enter_async_context(self.broker)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stop = anyio.Event()
-            self._tg, self._home = tg, LoopRef.current()
-            self._ready.set()
-            await self._stop.wait()
-            self._tg = None  # from now on, new calls fail instead of starting
-            tg.cancel_scope.cancel()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop accepting calls, cancel running ones, close an owned broker. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            thread = self._thread
-        if thread is None:
-            return
-        self._ready.wait(timeout)  # a start in progress: let it finish, then stop it
-        home, stop = self._home, self._stop
-        if home is None or stop is None:
-            return
-        if home.is_current_thread():
-            raise RuntimeError("a runtime cannot be closed from its own event loop")
-        if home.call_soon(stop.set):
-            thread.join(timeout)
-
-    # --- running calls on the loop ---------------------------------------------------------
-
-    def _submit(self, job: _Job) -> LoopRef:
-        home = self._home
-        if self._closed or home is None or not home.call_soon(self._spawn, job):
-            raise errors.BrokerClosedError("this tool's broker was closed")
-        return home
-
-    def _spawn(self, job: _Job) -> None:
-        """On the loop's thread: start the job, or fail it if the runtime is stopping."""
-        if self._tg is None:
-            self._finish(job, error=errors.BrokerClosedError("this tool's broker was closed"))
-        else:
-            self._tg.start_soon(self._run_job, job)
-
-    async def _run_job(self, job: _Job) -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            with anyio.CancelScope() as scope:
-                job.scope = scope
-                if job.cancel_requested:
-                    scope.cancel()
-                result = await job.func()
-                return
-        except Exception as exc:
-            error = exc
-        finally:
-            if error is None and job.scope is not None and job.scope.cancel_called:
-                error = errors.BrokerClosedError("the call was cancelled")
-            elif error is None and self._tg is None:
-                error = errors.BrokerClosedError("this tool's broker was closed")
-            self._finish(job, result=result, error=error)
-
-    @staticmethod
-    def _finish(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
-        if job.done:
-            return
-        job.result, job.error, job.done = result, error, True
-        job.notify()
-
-    @staticmethod
-    def _cancel(job: _Job) -> None:
-        """On the loop's thread: the caller gave up, so stop the work done for it."""
-        job.cancel_requested = True
-        if job.scope is not None:
-            job.scope.cancel()
-
-    def call(self, func: Callable[[], Awaitable[T]]) -> T:
-        """Run ``func()`` on the loop and block this thread until it is done."""
-        self.start()
-        done = threading.Event()
-        job = _Job(func, done.set)
-        home = self._home
-        if home is not None and home.is_current_thread():
-            raise RuntimeError("a blocking tool call cannot run on the broker's own event loop")
-        home = self._submit(job)
-        try:
-            done.wait()
-        except BaseException:  # KeyboardInterrupt: do not leave the request running
-            home.call_soon(self._cancel, job)
-            raise
-        result: T = job.outcome()
-        return result
-
-    async def acall(self, func: Callable[[], Awaitable[T]]) -> T:
-        """Run ``func()`` on the loop; the calling loop (any, asyncio or trio) keeps running.
-
-        The caller's cancellation cancels the work done for it on the runtime's
-        loop, and nothing else.
-        """
-        self.start()
-        home = self._home
-        if home is not None and home.is_current_thread():
-            return await func()
-        event = anyio.Event()
-        waiter = LoopRef.current()
-        job = _Job(func, functools.partial(waiter.call_soon, event.set))
-        home = self._submit(job)
-        try:
-            await event.wait()
-        except BaseException:
-            if not job.done:
-                home.call_soon(self._cancel, job)
-            raise
-        result: T = job.outcome()
-        return result
-
-
-_registry: dict[Hashable, _Runtime] = {}
+_registry: dict[Hashable, BrokerThread] = {}
 _registry_lock = threading.Lock()
 
 
@@ -430,7 +213,7 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
     )
 
 
-def _shared_runtime(key: Hashable, factory: Callable[[], _Runtime]) -> _Runtime:
+def _shared_runtime(key: Hashable, factory: Callable[[], BrokerThread]) -> BrokerThread:
     with _registry_lock:
         runtime = _registry.get(key)
         if runtime is None or runtime.closed:
@@ -473,7 +256,7 @@ class _Binding:
         self.settings = settings
         self.source = source
         self._lock = threading.Lock()
-        self._runtime: _Runtime | None = None
+        self._runtime: BrokerThread | None = None
         self._fetcher: SecureFetcher | None = None
 
     def __copy__(self) -> _Binding:
@@ -482,7 +265,7 @@ class _Binding:
     def __deepcopy__(self, memo: dict[int, object]) -> _Binding:
         return self
 
-    def get(self) -> tuple[_Runtime, SecureFetcher]:
+    def get(self) -> tuple[BrokerThread, SecureFetcher]:
         with self._lock:
             if self._runtime is None or self._fetcher is None or self._runtime.closed:
                 runtime = self._acquire()
@@ -490,24 +273,24 @@ class _Binding:
                 self._runtime = runtime
             return self._runtime, self._fetcher
 
-    def _acquire(self) -> _Runtime:
+    def _acquire(self) -> BrokerThread:
         source, settings, pid = self.source, self.settings, os.getpid()
         if isinstance(source, SyncTokenBroker):
             source = source.broker
         if isinstance(source, TokenBroker):
             broker = source
             return _shared_runtime(
-                ("broker", pid, id(broker)), lambda: _Runtime(broker, owns_broker=False)
+                ("broker", pid, id(broker)), lambda: BrokerThread(broker, owns_broker=False)
             )
         if source is not None:
             transport = source
             return _shared_runtime(
                 ("transport", pid, id(transport), _settings_key(settings)[2:]),
-                lambda: _Runtime(build_broker(settings, transport), owns_broker=True),
+                lambda: BrokerThread(build_broker(settings, transport), owns_broker=True),
             )
         return _shared_runtime(
             ("settings", pid, _settings_key(settings)),
-            lambda: _Runtime(build_broker(settings), owns_broker=True),
+            lambda: BrokerThread(build_broker(settings), owns_broker=True),
         )
 
 
@@ -568,7 +351,7 @@ class _SecureFetchTool(BaseTool):
 
     def _fetch_call(
         self, endpoint: str, scope: str, params: ParamsLike
-    ) -> tuple[_Runtime, Callable[[], Awaitable[FetchResult]]]:
+    ) -> tuple[BrokerThread, Callable[[], Awaitable[FetchResult]]]:
         runtime, fetcher = self._binding.get()
         return runtime, functools.partial(fetcher.fetch, endpoint, scope, params=params)
 

@@ -69,9 +69,7 @@ def decode_unverified(value: str) -> tuple[dict[str, Any], dict[str, Any]]:
         compact = extract_compact(value.encode("ascii"))
         claims = json.loads(compact.payload)
     except (JoseError, ValueError, UnicodeError) as exc:
-        raise errors.InvalidTokenResponseError(
-            "the 'token' field is not a readable JWT"
-        ) from exc
+        raise errors.InvalidTokenResponseError("the 'token' field is not a readable JWT") from exc
     header = dict(compact.headers())
     if not isinstance(claims, dict):
         raise errors.InvalidTokenResponseError("the token's claims are not a JSON object")
@@ -142,8 +140,9 @@ def parse_token_body(body: Any, *, now: float) -> DelegationToken:
             f"the server handed out a token that expired at {expires_at.isoformat()}; "
             "check the clocks of this machine and the server"
         )
-    permissions = _string_list(body.get("permissions", claims.get("permissions", [])),
-                               "permissions")
+    permissions = _string_list(
+        body.get("permissions", claims.get("permissions", [])), "permissions"
+    )
     audience = _string_list(body.get("audience", claims.get("aud", [])), "audience")
     spiffe_id = body.get("spiffe_id") or claims.get("sub")
     client_id = body.get("client_id") or claims.get("client_id")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -161,3 +163,18 @@ def test_cancelled_waiter_on_another_loop_does_not_hurt_the_others(client_id: st
     assert outcome["impatient_cancelled"] is True
     assert isinstance(outcome["patient"], DelegationToken)
     assert transport.calls == 1
+
+
+def test_a_sync_broker_left_open_does_not_hang_interpreter_exit() -> None:
+    code = (
+        "import uuid\n"
+        "from authsec_crewai import SyncTokenBroker\n"
+        "from authsec_crewai.transports import MockTransport\n"
+        "broker = SyncTokenBroker(MockTransport(), client_id=str(uuid.uuid4()))\n"
+        "print(broker.token('read:records').fingerprint)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()[-1]) == 12  # the fingerprint, printed last
