@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,9 @@ def _cassette(pytester: pytest.Pytester, module: str, name: str) -> Path:
 
 
 def _outcome_line(result: pytest.RunResult, key: str) -> str:
-    lines = [line for line in result.outlines if key in line]
+    """The first output line with ``key`` as a word of its own (not AUTHSEC_MODE=...)."""
+    pattern = re.compile(rf"(?<![A-Za-z_]){re.escape(key)}")
+    lines = [line for line in result.outlines if pattern.search(line)]
     assert lines, result.stdout.str()
     return lines[0]
 

@@ -21,6 +21,7 @@ for _name, _value in {
 os.environ.setdefault("CREWAI_STORAGE_DIR", tempfile.mkdtemp(prefix="authsec-replay-crew-"))
 
 import json  # noqa: E402
+import re  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -142,10 +143,13 @@ def test_tool(authsec_tool, authsec_transport):
     replayed = pytester.runpytest("-s", "-p", "no:asyncio")
     replayed.assert_outcomes(passed=1)
 
-    def line(result: pytest.RunResult) -> str:
-        return next(out for out in result.outlines if out.startswith("MODE="))
+    def seen(result: pytest.RunResult) -> tuple[str, str]:
+        # The print may share its line with "test_tool.py " or follow log lines.
+        found = re.search(r"MODE=(\w+) DATA=(.*)$", result.stdout.str(), re.M)
+        assert found is not None, result.stdout.str()
+        return found.group(1), found.group(2)
 
-    assert "MODE=record" in line(recorded) and "MODE=replay" in line(replayed)
-    assert line(recorded).split("DATA=")[1] == line(replayed).split("DATA=")[1]
+    assert seen(recorded)[0] == "record" and seen(replayed)[0] == "replay"
+    assert seen(recorded)[1] == seen(replayed)[1]
     cassette = pytester.path / "cassettes" / "test_tool" / "tool.json"
     assert load(cassette).counts()["api"] == 1
