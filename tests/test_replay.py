@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: F401
@@ -109,19 +108,16 @@ def stale_authority(rsa_key: RSAKey, client_id: str) -> MockAuthority:
     return authority
 
 
-def record_over_loopback(
+async def record_over_loopback(
     path: Path, authority: MockAuthority, client_id: str, **options: Any
 ) -> tuple[dict[str, Any], str]:
-    """Record :func:`vault_session` through LiveTransport against a real socket; the
-    server is stopped when this returns. Returns (result, the server's URL)."""
-
-    async def record() -> dict[str, Any]:
+    """Record :func:`vault_session` through LiveTransport against a real socket, on the
+    test's event loop (asyncio or trio); the server is stopped when this returns.
+    Returns (result, the server's URL)."""
+    with LoopbackServer(create_app(authority, api_token=API_TOKEN)) as server:
         live = LiveTransport(server.url, api_token=API_TOKEN, clock=an_hour_ago)
         recording = RecordingTransport(live, path, clock=an_hour_ago, **options)
-        return await vault_session(recording, recording.clock, client_id, server.url)
-
-    with LoopbackServer(create_app(authority, api_token=API_TOKEN)) as server:
-        result = anyio.run(record)
+        result = await vault_session(recording, recording.clock, client_id, server.url)
     return result, server.url
 
 
@@ -133,9 +129,7 @@ async def test_a_session_replays_identically_offline_an_hour_later(
     tmp_path: Path, stale_authority: MockAuthority, client_id: str, rsa_key: RSAKey
 ) -> None:
     path = tmp_path / "vault.json"
-    recorded, url = await anyio.to_thread.run_sync(
-        lambda: record_over_loopback(path, stale_authority, client_id, record_mode="all")
-    )
+    recorded, url = await record_over_loopback(path, stale_authority, client_id, record_mode="all")
     assert [status for status, _, _ in recorded["answers"]] == [200, 200, 200, 403]
     assert recorded["same_token"] and recorded["fetches"] == 1
     assert recorded["expires_at"].timestamp() < time.time() - 1000  # expired in real time
@@ -160,9 +154,7 @@ async def test_replayed_tokens_need_the_cassette_clock_and_claims_only_verificat
     tmp_path: Path, stale_authority: MockAuthority, client_id: str
 ) -> None:
     path = tmp_path / "vault.json"
-    await anyio.to_thread.run_sync(
-        lambda: record_over_loopback(path, stale_authority, client_id, record_mode="all")
-    )
+    await record_over_loopback(path, stale_authority, client_id, record_mode="all")
     request = TokenRequest.create(client_id, "read:records")
 
     # On today's wall clock the recorded token is simply expired.
@@ -206,13 +198,10 @@ async def test_secure_fetcher_results_replay_identically(
                 results.append(outcome.to_dict())
         return results
 
-    def record() -> tuple[list[dict[str, Any]], str]:
-        with LoopbackServer(create_app(stale_authority, api_token=API_TOKEN)) as server:
-            live = LiveTransport(server.url, api_token=API_TOKEN, clock=an_hour_ago)
-            recording = RecordingTransport(live, path, clock=an_hour_ago)
-            return anyio.run(session, recording, server.url), server.url
-
-    recorded, url = await anyio.to_thread.run_sync(record)
+    with LoopbackServer(create_app(stale_authority, api_token=API_TOKEN)) as server:
+        live = LiveTransport(server.url, api_token=API_TOKEN, clock=an_hour_ago)
+        recorded = await session(RecordingTransport(live, path, clock=an_hour_ago), server.url)
+    url = server.url
     assert all(item["status"] == "ok" for item in recorded)
     with block_network():
         replayed = await session(ReplayTransport(path), url)
@@ -307,9 +296,7 @@ async def test_an_unmatched_request_names_the_closest_recorded_one(
     tmp_path: Path, stale_authority: MockAuthority, client_id: str
 ) -> None:
     path = tmp_path / "vault.json"
-    await anyio.to_thread.run_sync(
-        lambda: record_over_loopback(path, stale_authority, client_id, record_mode="all")
-    )
+    await record_over_loopback(path, stale_authority, client_id, record_mode="all")
     replay = ReplayTransport(path)
     with pytest.raises(errors.CassetteError) as caught:
         await _get_n(replay, "/secure-vault/recordz")
@@ -329,9 +316,7 @@ async def test_strict_unused_fails_on_close_but_not_for_key_sets(
     tmp_path: Path, stale_authority: MockAuthority, client_id: str
 ) -> None:
     path = tmp_path / "vault.json"
-    await anyio.to_thread.run_sync(
-        lambda: record_over_loopback(path, stale_authority, client_id, record_mode="all")
-    )
+    await record_over_loopback(path, stale_authority, client_id, record_mode="all")
     assert load(path).counts()["key_set"] == 1
     replay = ReplayTransport(path, strict_unused=True)
     await replay.fetch_token(TokenRequest.create(client_id, "read:records"))
