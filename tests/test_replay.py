@@ -6,6 +6,7 @@ and CLI wiring."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import subprocess
@@ -410,6 +411,10 @@ async def test_one_cassette_is_recorded_by_one_session_unless_shared(tmp_path: P
     with pytest.raises(errors.CassetteError, match="already being recorded"):
         RecordingTransport(CountingApi(), path, record_mode="all")
     await one.aclose()
+    forgotten = RecordingTransport(CountingApi(), path, record_mode="all")
+    del forgotten  # dropped without closing: its session no longer blocks the file
+    gc.collect()
+    await RecordingTransport(CountingApi(), path, record_mode="all").aclose()
 
     shared = tmp_path / "crew.json"
     a = RecordingTransport(CountingApi(), shared, record_mode="all", shared=True)

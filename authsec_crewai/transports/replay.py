@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +288,9 @@ class _Session:
     audiences: set[str] = field(default_factory=set)
     open_count: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
+    owners: weakref.WeakSet[RecordingTransport] = field(default_factory=weakref.WeakSet)
+    """The transports recording into it: a session whose owners were all dropped
+    without being closed is abandoned, and does not block a new recording."""
 
     def offset(self) -> float:
         return round(max(0.0, self.monotonic() - self.start), 3)
@@ -352,6 +356,8 @@ def _open_session(path: Path, *, shared: bool, make: Callable[[], _Session]) -> 
     key = path.resolve()
     with _SESSIONS_LOCK:
         session = _SESSIONS.get(key)
+        if session is not None and not session.shared and not session.owners:
+            session = None  # abandoned: its transport was garbage-collected unclosed
         if session is not None:
             if not (shared and session.shared):
                 raise errors.CassetteError(
@@ -526,6 +532,7 @@ class RecordingTransport:
             )
 
         self._session = _open_session(self.path, shared=shared, make=make)
+        self._session.owners.add(self)
         with self._session.lock:
             self._session.secrets |= self._scrubber.secrets
         self.mode = "record"
