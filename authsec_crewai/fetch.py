@@ -27,11 +27,13 @@ import json
 import re
 import time
 import unicodedata
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
+import anyio
 import httpx
 
 from . import __version__, errors
@@ -393,6 +395,25 @@ def _check_api_base_url(url: str) -> str:
 # --- the fetcher --------------------------------------------------------------------------------
 
 
+_POOL_SIZE = 100
+"""httpx's default connection limit, which the transports' API pools use."""
+_limiters: weakref.WeakKeyDictionary[object, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _pool_limiter(pool: object) -> anyio.CapacityLimiter:
+    """At most as many requests in flight per connection pool as it has connections.
+
+    httpcore re-scans every queued request against every connection each time
+    one frees up, so 1,000 requests queued on a 100-connection pool cost
+    seconds of CPU before the first one is sent. Waiting here instead, in
+    anyio's FIFO limiter, keeps the pool's queue empty and the order fair.
+    """
+    limiter = _limiters.get(pool)
+    if limiter is None:
+        limiter = _limiters[pool] = anyio.CapacityLimiter(_POOL_SIZE)
+    return limiter
+
+
 class _TooLarge(Exception):
     """Internal: the body passed the cap."""
 
@@ -504,6 +525,7 @@ class SecureFetcher:
             self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
             self.timeout = 10.0
         self._client = client
+        self._pool: object = client  # what shares connections; the transport's pool below
 
     def __repr__(self) -> str:
         return f"SecureFetcher(api_base_url={self.api_base_url!r}, mode={self.mode!r})"
@@ -516,8 +538,9 @@ class SecureFetcher:
             # header's token to wherever the API (or an attacker) points.
             # Never closed here: closing a client closes its transport, which
             # is the broker's transport's shared pool.
+            self._pool = pool = self.broker.transport.api()
             self._client = httpx.AsyncClient(
-                transport=self.broker.transport.api(),
+                transport=pool,
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
                 headers={"user-agent": f"authsec-crewai/{__version__}"},
@@ -688,14 +711,18 @@ class SecureFetcher:
     ) -> tuple[int, httpx.Headers, bytes]:
         """One request: ``(status, headers, body)``; only a 2xx body is read in full."""
         headers = {"authorization": f"Bearer {token.value}", "accept": "application/json"}
+        client = self._http()
         try:
-            async with self._http().stream(
-                method,
-                url,
-                params=tuple(params) or None,
-                headers=headers,
-                follow_redirects=False,
-            ) as response:
+            async with (
+                _pool_limiter(self._pool),
+                client.stream(
+                    method,
+                    url,
+                    params=tuple(params) or None,
+                    headers=headers,
+                    follow_redirects=False,
+                ) as response,
+            ):
                 status = response.status_code
                 if 300 <= status < 400:
                     return status, response.headers, b""

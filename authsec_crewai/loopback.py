@@ -56,6 +56,7 @@ class LoopbackServer:
             http="h11",
             loop="asyncio",
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=120,  # idle pooled connections stay usable between test steps
         )
         self._server = _Server(config, self._ready)
         self._thread = threading.Thread(target=self._run, name="loopback-uvicorn", daemon=True)

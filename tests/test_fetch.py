@@ -629,3 +629,26 @@ def test_fetch_command_in_live_mode(authsec_server: MockServer, client_id: str) 
     assert [r.query for r in authsec_server.requests if r.path == RECORDS] == [{"page": "3"}]
     stored = authsec_server.authority.token_answer(client_id)[1]["token"]
     assert stored not in result.output
+
+
+@pytest.mark.anyio
+async def test_requests_in_flight_never_exceed_the_pool() -> None:
+    """1,000 concurrent fetches wait in anyio, not in httpcore's rescanned queue."""
+    in_flight = peak = 0
+
+    async def slow_api(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.001)
+        in_flight -= 1
+        return httpx.Response(200, json={"ok": True})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(slow_api))
+    async with TokenBroker(MockTransport(), client_id=DEMO_CLIENT_ID) as broker:
+        fetcher = SecureFetcher(broker, client=client, api_base_url="https://api.example.test")
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(fetcher.fetch, "records", "read:records")
+    await client.aclose()
+    assert peak == 100
