@@ -400,6 +400,14 @@ class TokenBroker:
             self._launch(start_background)
         if not granted:
             raise self._not_granted(token, request)
+        _log.debug(
+            "token.cache_hit",
+            fingerprint=token.fingerprint,
+            jti=token.jti,
+            scopes=sorted(request.scopes),
+            zone=zone.value,
+            mode=self._mode,
+        )
         return token
 
     # --- fetching -------------------------------------------------------------------------
@@ -538,6 +546,9 @@ class TokenBroker:
                     "mode": self._mode,
                 },
             )
+        # The server keeps one token per agent: the same JWT cached under another
+        # scope set is not a new issue, so it is logged quietly.
+        known = any(entry.token.value == token.value for entry in self._cache.values())
         advisory, mandatory = self.policy.windows(token.lifetime)
         jitter = self._rng.random() * self.policy.jitter_fraction * advisory
         exp = token.expires_at_ts
@@ -552,8 +563,8 @@ class TokenBroker:
             serve_until=advisory_at if granted else 0.0,
         )
         return (
-            "info",
-            "token.issued",
+            "debug" if known else "info",
+            "token.cached" if known else "token.issued",
             {
                 "fingerprint": token.fingerprint,
                 "jti": token.jti,

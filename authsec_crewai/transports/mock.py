@@ -52,6 +52,8 @@ class MockTransport:
     is how tests prove single flight.
     """
 
+    mode = "mock"
+
     def __init__(
         self,
         *,
