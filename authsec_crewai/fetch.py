@@ -37,6 +37,7 @@ import anyio
 import httpx
 
 from . import __version__, errors
+from ._capped import BodyTooLarge, read_capped
 from .logging import get_logger
 from .redact import mask_jwt, redact_text
 from .token import canonical_scopes
@@ -414,30 +415,6 @@ def _pool_limiter(pool: object) -> anyio.CapacityLimiter:
     return limiter
 
 
-class _TooLarge(Exception):
-    """Internal: the body passed the cap."""
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body, or ``_TooLarge`` as soon as it passes ``limit`` bytes.
-
-    Read as a stream, so a hostile or broken API cannot make this process hold
-    more than ``limit`` (plus one chunk) in memory; a declared Content-Length
-    over the limit is refused before reading anything.
-    """
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _error_details(body: bytes) -> str:
     """A short, scrubbed excerpt of an error answer (``error``/``details`` fields)."""
     try:
@@ -728,8 +705,8 @@ class SecureFetcher:
                     return status, response.headers, b""
                 limit = self.max_response_bytes if status < 300 else _MAX_ERROR_BODY_BYTES
                 try:
-                    body = await _read_capped(response, limit)
-                except _TooLarge:
+                    body = await read_capped(response, limit)
+                except BodyTooLarge:
                     if status >= 300:
                         return status, response.headers, b""
                     raise errors.ResponseTooLargeError(

@@ -30,6 +30,7 @@ from tenacity import (
 )
 
 from .. import __version__, errors
+from .._capped import BodyTooLarge, read_capped
 from ..logging import get_logger
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
@@ -45,10 +46,6 @@ _MAX_ERROR_BODY_BYTES = 16 * 1024
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 _log = get_logger("authsec_crewai.transports.live")
-
-
-class _BodyTooLarge(Exception):
-    """Internal: the body passed the cap (turned into a typed error by the caller)."""
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -97,20 +94,6 @@ def _check_base_url(base_url: str) -> str:
     if parts.query or parts.fragment:
         raise errors.ConfigurationError("AUTHSEC_BASE_URL must not have a query or fragment")
     return base_url.strip().rstrip("/")
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_or_none(raw: bytes) -> Any:
@@ -213,8 +196,8 @@ class LiveTransport:
             async with self._http().stream("GET", url, params=params, headers=headers) as resp:
                 limit = self.max_body_bytes if resp.status_code == 200 else _MAX_ERROR_BODY_BYTES
                 try:
-                    body = await _read_capped(resp, limit)
-                except _BodyTooLarge:
+                    body = await read_capped(resp, limit)
+                except BodyTooLarge:
                     if resp.status_code != 200:
                         return resp.status_code, b"", resp.headers
                     raise errors.InvalidTokenResponseError(
