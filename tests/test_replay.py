@@ -182,7 +182,8 @@ async def test_replayed_tokens_need_the_cassette_clock_and_claims_only_verificat
 async def test_secure_fetcher_results_replay_identically(
     tmp_path: Path, stale_authority: MockAuthority, client_id: str
 ) -> None:
-    fetch = pytest.importorskip("authsec_crewai.fetch")
+    from authsec_crewai import fetch
+
     path = tmp_path / "fetcher.json"
 
     async def session(transport: Any, url: str) -> list[dict[str, Any]]:
