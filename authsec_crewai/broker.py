@@ -147,15 +147,19 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Waiter:
+    """A caller on another thread's event loop, woken through that loop."""
+
     event: anyio.Event
-    loop: LoopRef | None  # None: same thread as the broker's home loop
+    loop: LoopRef
 
 
 @dataclass(slots=True)
 class _Flight:
     request: TokenRequest
     background: bool
-    waiters: list[_Waiter] = field(default_factory=list)
+    home_event: anyio.Event | None = None  # one event for every waiter on the home loop
+    waiters: list[_Waiter] = field(default_factory=list)  # waiters on other loops
+    joined: int = 0  # callers waiting on this flight
     done: bool = False
     token: DelegationToken | None = None
     error: errors.AuthSecError | None = None
@@ -413,7 +417,6 @@ class TokenBroker:
     # --- fetching -------------------------------------------------------------------------
 
     async def _wait_for_fetch(self, request: TokenRequest) -> DelegationToken:
-        event = anyio.Event()
         launch: _Flight | None = None
         with self._lock:
             if self._tg is None or self._home is None:
@@ -430,8 +433,14 @@ class TokenBroker:
             else:
                 self._counts["coalesced"] += 1
             self._counts["misses"] += 1
-            loop = None if self._home.is_current_thread() else LoopRef.current()
-            flight.waiters.append(_Waiter(event, loop))
+            flight.joined += 1
+            if self._home.is_current_thread():
+                if flight.home_event is None:
+                    flight.home_event = anyio.Event()
+                event = flight.home_event
+            else:
+                event = anyio.Event()
+                flight.waiters.append(_Waiter(event, LoopRef.current()))
         if launch is not None:
             self._launch(launch)
         await event.wait()
@@ -513,11 +522,14 @@ class TokenBroker:
             waiters, flight.waiters = flight.waiters, []
         if log is not None:
             getattr(_log, log[0])(log[1], **log[2])
-        for waiter in waiters:
-            if waiter.loop is None:
-                waiter.event.set()
+        home, shared = self._home, flight.home_event
+        if shared is not None:
+            if home is None or home.is_current_thread():
+                shared.set()
             else:
-                waiter.loop.call_soon(waiter.event.set)
+                home.call_soon(shared.set)
+        for waiter in waiters:
+            waiter.loop.call_soon(waiter.event.set)
 
     def _store(self, key: TokenRequest, token: DelegationToken) -> _LogLine:
         """Cache a fetched token (lock held); returns the log line to emit."""
@@ -591,7 +603,7 @@ class TokenBroker:
             entry.retry_at = mono + self.policy.backoff(entry.failures, self._rng)
             if entry.granted:  # back to the counted, backed-off path
                 entry.serve_until = entry.advisory_at
-        if not flight.background or flight.waiters:
+        if not flight.background or flight.joined:
             self._remembered[key] = _Remembered(error, mono + self.policy.failure_memory)
         return (
             "warning",
