@@ -596,7 +596,7 @@ def fetch(endpoint: str, scope: str, params: tuple[str, ...]) -> None:
             "the MOCK vault (set AUTHSEC_MODE=mock to silence this note)",
             err=True,
         )
-    click.echo(render_result(payload))
+    click.echo(render_result(payload, indent=2))
     if payload.get("status") != "ok":
         raise click.exceptions.Exit(EXIT_FAILURE)
 

@@ -73,7 +73,7 @@ def observed_results(messages: str | Sequence[Any]) -> list[dict[str, Any]]:
     decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
     for text in texts:
-        start = text.find('{\n  "status"')
+        start = text.find('{"status"')
         while start != -1:
             try:
                 value, end = decoder.raw_decode(text, start)
@@ -82,7 +82,7 @@ def observed_results(messages: str | Sequence[Any]) -> list[dict[str, Any]]:
             else:
                 if isinstance(value, dict) and value.get("status") in ("ok", "error"):
                     found.append(value)
-            start = text.find('{\n  "status"', end)
+            start = text.find('{"status"', end)
     return found
 
 

@@ -160,18 +160,22 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     }
 
 
-OK_PREFIX: Final = '{\n  "status": "ok",'
+OK_PREFIX: Final = '{"status": "ok",'
 """How every success renders with :func:`render_result` (its keys come first, in order)."""
 
 
-def render_result(payload: Mapping[str, Any]) -> str:
+def render_result(payload: Mapping[str, Any], *, indent: int | None = None) -> str:
     """A result dict as the JSON text tools and the CLI print; token-shaped text masked.
+
+    Tools return it on one line: the model pays per token for indentation, and
+    ``indent`` makes ``json`` fall back to its pure-Python encoder (a third of
+    a tool call's CPU under load). The command line asks for ``indent=2``.
 
     The fetcher already masks its own token if the API echoes it; this second
     pass masks every other JWT-shaped string and ``Bearer`` credential that an
     answer or a message might carry, so nothing a model reads can hold one.
     """
-    return redact_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+    return redact_text(json.dumps(payload, indent=indent, ensure_ascii=False, default=str))
 
 
 # --- input guards -------------------------------------------------------------------------------

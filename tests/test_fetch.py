@@ -259,7 +259,8 @@ def test_result_shapes() -> None:
         "scope": "read:records",
         "data": {"a": 1},
     }
-    assert render_result(result.to_dict()).startswith('{\n  "status": "ok",')
+    assert render_result(result.to_dict()).startswith('{"status": "ok", "endpoint": ')
+    assert render_result(result.to_dict(), indent=2).startswith('{\n  "status": "ok",')
     refused = error_result(errors.EndpointRefusedError("no"))
     assert refused == {
         "status": "error",
