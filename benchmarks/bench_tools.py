@@ -2,8 +2,10 @@
 
 1,000 concurrent ``AsyncAuthSecSecureFetchTool`` calls (LIVE mode: real token
 fetch, verification, endpoint and scope guards, capped reads) against the same
-1,000 requests sent by plain httpx with a fixed bearer header. Both run in one
-process against one uvicorn server, alternating, best of several rounds.
+1,000 requests sent by plain httpx with a fixed bearer header. Both run in this
+process, alternating, best of several rounds, against one mock server that
+``authsec-crewai serve-mock`` runs in its own process on 127.0.0.1 (as a real
+API would be: its CPU does not compete with the client's for the GIL).
 Target: the tool reaches at least 85% of the floor's throughput.
 """
 
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -21,9 +26,6 @@ import structlog
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import create_app
 from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.tools import AsyncAuthSecSecureFetchTool, close_shared_brokers
 
@@ -102,17 +104,44 @@ async def run(url: str, client_id: str, bearer: str) -> dict[str, float]:
     return result
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_mock(port: int, client_id: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "from authsec_crewai.cli import main; main()"]
+    args = ["serve-mock", "--port", str(port), "--client-id", client_id]
+    server = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=1)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the mock server did not start")
+
+
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     client_id = str(uuid.uuid4())
-    authority = MockAuthority()
-    bearer = "Bearer " + authority.delegate(client_id)["token"]
-    with LoopbackServer(create_app(authority)) as server:
-        try:
-            result = anyio.run(run, server.url, client_id, bearer)
-        finally:
-            close_shared_brokers()
-    print(f"Tool calls end to end ({CALLS} concurrent, best of {ROUNDS}, loopback uvicorn)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = serve_mock(port, client_id)
+    try:
+        answer = httpx.get(
+            f"{url}/authsec/uflow/sdk/delegation-token", params={"client_id": client_id}
+        )
+        bearer = "Bearer " + answer.raise_for_status().json()["token"]
+        result = anyio.run(run, url, client_id, bearer)
+    finally:
+        close_shared_brokers()
+        server.terminate()
+        server.wait(10)
+    print(f"Tool calls end to end ({CALLS} concurrent, best of {ROUNDS}, serve-mock on loopback)")
     print(
         f"  AsyncAuthSecSecureFetchTool  {result['tool_rps']:7.0f} req/s  "
         f"p99 {result['tool_p99_ms']:6.1f} ms"
