@@ -449,11 +449,12 @@ class SecureFetcher:
 
     ``broker`` supplies tokens; API traffic goes through ``client`` when given,
     else through an ``httpx.AsyncClient`` built on first use over
-    ``broker.transport.api()`` (the mode's transport: a socket pool when live,
-    the mock vault in process when mock). That client is created lazily so it
-    belongs to the event loop that first uses it; share a fetcher across event
-    loops only when the transport allows it (the tools run every call on one
-    loop for this reason).
+    ``api_transport``, by default ``broker.transport.api()`` (the mode's
+    transport: a socket pool when live, the mock vault in process when mock).
+    That client is created lazily so it belongs to the event loop that first
+    uses it; share a fetcher across event loops only when the transport allows
+    it (the tools give each event loop its own live pool, or run every call on
+    the broker's loop, for this reason).
 
     Policy comes from ``settings`` (``allowed_scopes``, ``allowed_endpoints``,
     ``allowed_methods``, ``max_response_bytes``, ``timeout``,
@@ -470,8 +471,10 @@ class SecureFetcher:
         *,
         client: httpx.AsyncClient | None = None,
         api_base_url: str | None = None,
+        api_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.broker = broker
+        self._api_transport = api_transport
         mode = str(getattr(broker.transport, "mode", type(broker.transport).__name__))
         self.mode = mode
         base = api_base_url or (settings.api_base_url if settings is not None else None)
@@ -519,7 +522,7 @@ class SecureFetcher:
             # header's token to wherever the API (or an attacker) points.
             # Never closed here: closing a client closes its transport, which
             # is the broker's transport's shared pool.
-            self._pool = pool = self.broker.transport.api()
+            self._pool = pool = self._api_transport or self.broker.transport.api()
             self._client = httpx.AsyncClient(
                 transport=pool,
                 timeout=httpx.Timeout(self.timeout),

@@ -34,6 +34,8 @@ import threading
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio.lowlevel
+import httpx
 from crewai.tools import BaseTool, EnvVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -241,6 +243,22 @@ def close_shared_brokers() -> None:
 atexit.register(close_shared_brokers)
 
 
+def _loop_finished(loop: object) -> bool:
+    """True once an asyncio loop is closed or a trio run is over."""
+    is_closed = getattr(loop, "is_closed", None)
+    if callable(is_closed):
+        return bool(is_closed())
+    try:
+        loop.run_sync_soon(_nothing)  # type: ignore[attr-defined]
+    except RuntimeError:  # trio.RunFinishedError
+        return True
+    return False
+
+
+def _nothing() -> None:
+    """Scheduled on a trio run only to learn whether it is still running."""
+
+
 class _Binding:
     """What one tool is wired to: a shared runtime and the tool's own fetcher.
 
@@ -258,6 +276,7 @@ class _Binding:
         self._lock = threading.Lock()
         self._runtime: BrokerThread | None = None
         self._fetcher: SecureFetcher | None = None
+        self._on_loop: dict[object, SecureFetcher] = {}
 
     def __copy__(self) -> _Binding:
         return self
@@ -271,7 +290,34 @@ class _Binding:
                 runtime = self._acquire()
                 self._fetcher = SecureFetcher(runtime.broker, self.settings)
                 self._runtime = runtime
+                self._on_loop.clear()
             return self._runtime, self._fetcher
+
+    def fetcher_on_this_loop(self) -> SecureFetcher | None:
+        """A live-mode fetcher whose connection pool belongs to the calling event loop.
+
+        Async callers then reach the API without hopping to the broker's
+        thread and back (two cross-thread wake-ups per call); tokens still
+        come from the one shared broker, which serves callers on any loop.
+        Only for a live transport: other modes' API traffic must pass through
+        their own ``api()`` (the mock app, a recorder, a replay). Pools of
+        loops that have finished are dropped whenever a new loop arrives (a
+        weak mapping would not do: the pool's sockets keep their loop alive).
+        """
+        runtime, _ = self.get()
+        if getattr(runtime.broker.transport, "mode", None) != "live":
+            return None
+        loop = anyio.lowlevel.current_token().native_token
+        with self._lock:
+            fetcher = self._on_loop.get(loop)
+            if fetcher is None:
+                for finished in [known for known in self._on_loop if _loop_finished(known)]:
+                    del self._on_loop[finished]
+                fetcher = SecureFetcher(
+                    runtime.broker, self.settings, api_transport=httpx.AsyncHTTPTransport()
+                )
+                self._on_loop[loop] = fetcher
+        return fetcher
 
     def _acquire(self) -> BrokerThread:
         source, settings, pid = self.source, self.settings, os.getpid()
@@ -417,8 +463,12 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
     async def _arun(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch asynchronously; returns the result as JSON text, failures included."""
         try:
-            runtime, call = self._fetch_call(endpoint, scope, params)
-            result = await runtime.acall(call)
+            local = self._binding.fetcher_on_this_loop()
+            if local is not None:
+                result = await local.fetch(endpoint, scope, params=params)
+            else:
+                runtime, call = self._fetch_call(endpoint, scope, params)
+                result = await runtime.acall(call)
         except Exception as exc:
             return self._failure(exc)
         return render_result(result.to_dict())
