@@ -8,16 +8,17 @@ Both tools wrap a :class:`~authsec_crewai.fetch.SecureFetcher`. What they add:
 - **One broker per configuration, per process.** A crew builds many tools (one
   per agent, often more); each with its own broker would mean one token cache
   and one single flight per tool, and a request to AuthSec per tool. Tools
-  configured alike share one :class:`BrokerThread`: a token broker, and the one
-  event loop (on a daemon thread) where every protected-API call of that
-  broker runs. The registry key is the part of the settings that decides which
+  configured alike share one :class:`BrokerThread`: a token broker, and the
+  event loop (on a daemon thread) it runs on. The registry key is the part of the settings that decides which
   tokens come back (see :func:`_settings_key`); per-tool policy (allowlists,
   method, size cap, API origin) stays per tool.
 - **Any caller.** CrewAI calls the sync ``_run`` in worker threads, under both
   ``kickoff()`` and ``akickoff()``; async applications await ``_arun`` on
-  asyncio or trio, on any thread. Both hand the call to the runtime's loop and
-  wait for it (a blocked thread for ``_run``, a non-blocking cross-loop wake-up
-  for ``_arun``), so the transport's connection pool only ever sees one loop.
+  asyncio or trio, on any thread. ``_run`` hands the call to the runtime's
+  loop and blocks until it is done, so that pool only ever sees one loop.
+  ``_arun`` in live mode uses a pool on its own loop and the shared broker
+  (which serves any loop), so a cache hit needs no thread hop; in the other
+  modes it hands the call over like ``_run``, without blocking its loop.
 - **Failures are answers.** A refusal or failure is *returned* as JSON telling
   the model what went wrong and whether retrying can help, instead of raised:
   CrewAI would otherwise feed the exception text back and let the model repeat
