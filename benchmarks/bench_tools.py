@@ -30,7 +30,7 @@ from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.tools import AsyncAuthSecSecureFetchTool, close_shared_brokers
 
 CALLS = 1_000
-ROUNDS = 5
+ROUNDS = 7
 ENDPOINT, SCOPE = "secure-vault/records", "read:records"
 
 
