@@ -9,9 +9,10 @@ Both tools wrap a :class:`~authsec_crewai.fetch.SecureFetcher`. What they add:
   per agent, often more); each with its own broker would mean one token cache
   and one single flight per tool, and a request to AuthSec per tool. Tools
   configured alike share one :class:`BrokerThread`: a token broker, and the
-  event loop (on a daemon thread) it runs on. The registry key is the part of the settings that decides which
-  tokens come back (see :func:`_settings_key`); per-tool policy (allowlists,
-  method, size cap, API origin) stays per tool.
+  event loop (on a daemon thread) it runs on. The registry key is the part of
+  the settings that decides which tokens come back (see
+  :func:`_settings_key`); per-tool policy (allowlists, method, size cap, API
+  origin) stays per tool.
 - **Any caller.** CrewAI calls the sync ``_run`` in worker threads, under both
   ``kickoff()`` and ``akickoff()``; async applications await ``_arun`` on
   asyncio or trio, on any thread. ``_run`` hands the call to the runtime's
