@@ -7,8 +7,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import anyio
 import pytest
@@ -20,8 +21,9 @@ from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.token import DelegationToken
 
 
-def run_threads(count: int, target: object) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]  # type: ignore[arg-type]
+def run_threads(*targets: Callable[[], object]) -> None:
+    """Run each target on its own thread, all at once, and wait for every one."""
+    threads = [threading.Thread(target=target) for target in targets]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -40,7 +42,7 @@ def test_64_threads_on_a_sync_broker_make_one_fetch(client_id: str, backend: str
             barrier.wait()
             tokens.append(broker.token("read:records"))
 
-        run_threads(64, call)
+        run_threads(*[call] * 64)
         assert transport.calls == 1
         assert len(tokens) == 64 and len({t.value for t in tokens}) == 1
         assert broker.stats.fetches == 1
@@ -123,14 +125,7 @@ def test_threads_with_their_own_loops_share_one_fetch(client_id: str, home_backe
         anyio.run(many, backend=backend)
 
     with broker_on_its_own_loop(broker, home_backend):
-        threads = [
-            threading.Thread(target=caller, args=("asyncio" if i % 2 else "trio",))
-            for i in range(8)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        run_threads(*[partial(caller, "asyncio" if i % 2 else "trio") for i in range(8)])
     assert transport.calls == 1
     assert len(tokens) == 800 and len({t.value for t in tokens}) == 1
 
@@ -155,11 +150,7 @@ def test_cancelled_waiter_on_another_loop_does_not_hurt_the_others(client_id: st
         anyio.run(run)
 
     with broker_on_its_own_loop(broker, "asyncio"):
-        run_threads_of = [threading.Thread(target=f) for f in (impatient, patient)]
-        for thread in run_threads_of:
-            thread.start()
-        for thread in run_threads_of:
-            thread.join(30)
+        run_threads(impatient, patient)
     assert outcome["impatient_cancelled"] is True
     assert isinstance(outcome["patient"], DelegationToken)
     assert transport.calls == 1
