@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .base import KeySet, Transport
+    from .base import KeySet, Transport, TransportInfo
     from .live import LiveTransport
     from .mock import MockTransport
     from .replay import RecordingTransport, ReplayTransport
@@ -22,11 +22,13 @@ __all__ = [
     "RecordingTransport",
     "ReplayTransport",
     "Transport",
+    "TransportInfo",
 ]
 
 _WHERE = {
     "KeySet": ".base",
     "Transport": ".base",
+    "TransportInfo": ".base",
     "LiveTransport": ".live",
     "MockTransport": ".mock",
     "RecordingTransport": ".replay",

@@ -34,7 +34,7 @@ from .._capped import BodyTooLarge, read_capped
 from ..logging import get_logger
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
-from .base import KeySet
+from .base import KeySet, TransportInfo
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "LiveTransport", "parse_retry_after"]
 
@@ -163,6 +163,16 @@ class LiveTransport:
                 base_url=self.base_url,
                 hint="tokens travel unencrypted over http://; use https:// outside loopback",
             )
+
+    @property
+    def info(self) -> TransportInfo:
+        """Live: real sockets for the API, and the API token as the secret to scrub."""
+        return TransportInfo(
+            mode="live",
+            network_api=True,
+            base_url=self.base_url,
+            secrets=(self._api_token,) if self._api_token else (),
+        )
 
     def __repr__(self) -> str:
         token = "set" if self._api_token else "none"

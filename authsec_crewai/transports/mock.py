@@ -21,7 +21,7 @@ from .. import errors
 from ..authority import DEFAULT_PERMISSIONS, MockAuthority
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
-from .base import KeySet
+from .base import KeySet, TransportInfo
 
 __all__ = ["Fault", "MockTransport"]
 
@@ -72,6 +72,11 @@ class MockTransport:
         self.key_set_calls = 0
         self._faults = _FaultPlan(rng=random.Random(seed))
         self._api: httpx.AsyncBaseTransport | None = None
+
+    @property
+    def info(self) -> TransportInfo:
+        """Mock: tokens and the API are served in process, on wall time."""
+        return TransportInfo(mode="mock")
 
     def __repr__(self) -> str:
         return f"MockTransport(tenant_id={self.authority.tenant_id!r}, calls={self.calls})"

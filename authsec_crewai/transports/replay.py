@@ -35,6 +35,7 @@ from .. import errors
 from ..cassette import Interaction, RecordMode, Scrubber, ScrubHook
 from ..logging import get_logger
 from ..wire import parse_token_body
+from .base import TransportInfo
 
 if TYPE_CHECKING:
     import os
@@ -176,6 +177,17 @@ class ReplayTransport:
             recorded_at=fmt.iso_utc(self.recorded_at),
             verification=self.verification,
             reason="recorded JWT signatures are redacted; claims are still checked",
+        )
+
+    @property
+    def info(self) -> TransportInfo:
+        """Replay: claims-only verification, the cassette's clock and recorded facts."""
+        return TransportInfo(
+            mode="replay",
+            claims_only=True,
+            api_base_url=self.api_base_url,
+            client_id=self.client_id,
+            clock=self.clock,
         )
 
     def __repr__(self) -> str:
@@ -544,6 +556,22 @@ class RecordingTransport:
             record_mode=record_mode,
             inner=settings["mode"],
             episodes=len(base.interactions) if base else 0,
+        )
+
+    @property
+    def info(self) -> TransportInfo:
+        """A replay's facts while replaying; the inner transport's, renamed, while recording."""
+        if self._replay is not None:
+            return self._replay.info
+        inner = self.inner.info
+        return TransportInfo(
+            mode="record",
+            network_api=False,  # API calls must pass through the recorder
+            base_url=inner.base_url,
+            api_base_url=inner.api_base_url,
+            client_id=inner.client_id,
+            clock=self.clock,
+            secrets=tuple(sorted(self._scrubber.secrets)),
         )
 
     def __repr__(self) -> str:
