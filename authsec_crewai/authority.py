@@ -4,6 +4,11 @@ It behaves like the real server (authsec-api.md): one active RS256 token per
 agent, the same JWT on every call until it is re-delegated, 404 after a
 revocation, 410 once when a delegation expires. The mock transport and the
 mock server both read from it, so the two mock paths hand out identical tokens.
+
+It knows several agents, as the real server does: ``agents`` gives each client
+id its own permissions (an analyst who may read records, a writer who may only
+read metrics), and ``unknown_agents`` says what an id it was not told about
+gets: the default delegation, or a 404 as for an agent nobody delegated.
 """
 
 from __future__ import annotations
@@ -11,10 +16,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -52,6 +57,12 @@ class MockAuthority:
     issued tokens and the broker agree on what "now" is. With ``auto_delegate``
     an agent that asks without a delegation (or after expiry) gets one, which is
     what a mock should do; revocations are always honoured.
+
+    ``agents`` maps client ids to the permissions their delegations grant;
+    ``permissions`` is what any other agent gets. With
+    ``unknown_agents="refuse"`` only the listed agents (and those an
+    administrator delegates by hand) get tokens; any other id is answered 404,
+    as the real server answers an agent that was never delegated.
     """
 
     def __init__(
@@ -63,6 +74,8 @@ class MockAuthority:
         permissions: Iterable[str] = DEFAULT_PERMISSIONS,
         audience: Iterable[str] = DEFAULT_AUDIENCE,
         agent_type: str = "crewai",
+        agents: Mapping[str, Iterable[str]] | None = None,
+        unknown_agents: Literal["delegate", "refuse"] = "delegate",
         auto_delegate: bool = True,
         clock: Callable[[], float] = time.time,
         key: RSAKey | None = None,
@@ -72,7 +85,15 @@ class MockAuthority:
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.trust_domain = trust_domain
         self.ttl_seconds = ttl_seconds
-        self.permissions = tuple(permissions)
+        if unknown_agents not in ("delegate", "refuse"):
+            raise ValueError("unknown_agents must be 'delegate' or 'refuse'")
+        self.permissions = _permission_tuple(permissions, "permissions")
+        self.agents: dict[str, tuple[str, ...]] = {
+            _agent_id(client_id): _permission_tuple(granted, f"agents[{client_id!r}]")
+            for client_id, granted in (agents or {}).items()
+        }
+        """Client id -> the permissions its delegation grants (read-only after construction)."""
+        self.unknown_agents = unknown_agents
         self.audience = tuple(audience)
         self.agent_type = agent_type
         self.auto_delegate = auto_delegate
@@ -82,6 +103,15 @@ class MockAuthority:
         self._store: dict[str, _Delegation] = {}
         self.issued = 0
         """How many tokens were signed (not how many times one was handed out)."""
+
+    def permissions_for(self, client_id: str) -> tuple[str, ...]:
+        """What a delegation of ``client_id`` grants unless told otherwise."""
+        return self.agents.get(client_id, self.permissions)
+
+    def _may_auto_delegate(self, client_id: str) -> bool:
+        return self.auto_delegate and (
+            client_id in self.agents or self.unknown_agents == "delegate"
+        )
 
     # --- keys ----------------------------------------------------------------------
 
@@ -108,7 +138,8 @@ class MockAuthority:
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         if ttl <= 0:
             raise ValueError("ttl_seconds must be positive")
-        perms = sorted(set(self.permissions if permissions is None else permissions))
+        granted = self.permissions_for(client_id) if permissions is None else permissions
+        perms = sorted(set(granted))
         aud = list(self.audience if audience is None else audience)
         kind = agent_type or self.agent_type
         spiffe_id = (
@@ -174,7 +205,7 @@ class MockAuthority:
             if stored is not None and stored.revoked:
                 return 404, {"error": "no active delegation", "details": "token revoked"}
             if stored is not None and now >= stored.exp:
-                if not self.auto_delegate:
+                if not self._may_auto_delegate(client_id):
                     if stored.expiry_reported:
                         return 404, {"error": "no active delegation", "details": "expired"}
                     stored.expiry_reported = True
@@ -182,6 +213,23 @@ class MockAuthority:
                 stored = None
             if stored is not None:
                 return 200, dict(stored.body)
-        if not self.auto_delegate:
+        if not self._may_auto_delegate(client_id):
             return 404, {"error": "no active delegation", "details": "never delegated"}
         return 200, self.delegate(client_id)
+
+
+def _agent_id(client_id: object) -> str:
+    """A configured agent's client id, as given: it must be a UUID, as the server insists."""
+    try:
+        uuid.UUID(str(client_id))
+    except ValueError:
+        raise ValueError(f"agents: client id {str(client_id)[:40]!r} is not a UUID") from None
+    return str(client_id)
+
+
+def _permission_tuple(permissions: Iterable[str], name: str) -> tuple[str, ...]:
+    """Permissions as a tuple; a lone string is refused (it would become its letters)."""
+    granted = () if isinstance(permissions, str) else tuple(permissions)
+    if isinstance(permissions, str) or not all(isinstance(p, str) for p in granted):
+        raise ValueError(f"{name} must be a list of permission strings, e.g. ['read:metrics']")
+    return granted

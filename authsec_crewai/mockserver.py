@@ -8,8 +8,9 @@ transport can run it in process through ``httpx.ASGITransport``.
 Tests steer it with :class:`MockFaults` (latency, error statuses, broken or
 oversized bodies, dropped connections), either directly or over HTTP under
 ``/_mock/``, and read ``app.state.counts`` to prove how many requests reached
-the server. It is a test double: it has no admin authentication and must only
-ever listen on loopback.
+the server and ``app.state.agent_counts`` to prove which agent made them. It
+is a test double: it has no admin authentication and must only ever listen on
+loopback.
 """
 
 from __future__ import annotations
@@ -401,8 +402,10 @@ class _App:
         api_token: str | None,
         api_audience: frozenset[str],
         leeway: float,
+        agent_counts: Counter[tuple[str, str]],
     ) -> None:
         self.authority = authority
+        self.agent_counts = agent_counts
         self.api_token = api_token
         self.api_audience = api_audience
         self.leeway = leeway
@@ -419,6 +422,7 @@ class _App:
         client_id = request.query_params.get("client_id") or request.headers.get("x-client-id")
         if not client_id:
             return _error(400, "client_id is required", "pass ?client_id= or X-Client-ID")
+        self.agent_counts[client_id, request.url.path] += 1
         status, body = self.authority.token_answer(client_id)
         return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
@@ -511,6 +515,8 @@ class _App:
             )
         except errors.TokenVerificationError as exc:
             return self._challenge(str(exc))
+        # Counted once the token is verified: only then is the caller's identity known.
+        self.agent_counts[str(claims.get("client_id")), request.url.path] += 1
         granted = claims.get("permissions")
         if not isinstance(granted, list) or needed not in granted:
             challenge = f'Bearer realm="secure-vault", error="insufficient_scope", scope="{needed}"'
@@ -549,6 +555,13 @@ class _App:
     async def control_counts(self, request: Request) -> Response:
         return JSONResponse(dict(request.app.state.counts))
 
+    async def control_agents(self, request: Request) -> Response:
+        """``{client_id: {path: requests}}``: who asked for tokens and who called the vault."""
+        by_agent: dict[str, dict[str, int]] = {}
+        for (client_id, path), count in self.agent_counts.items():
+            by_agent.setdefault(client_id, {})[path] = count
+        return JSONResponse(by_agent)
+
 
 def create_app(
     authority: MockAuthority | None = None,
@@ -566,12 +579,22 @@ def create_app(
     ``aud`` does not name it. ``leeway``: clock skew the vault tolerates.
 
     ``app.state`` holds ``authority``, ``faults``, ``counts`` (a Counter of
-    requests per path) and ``requests`` (the last 1000 :class:`RecordedRequest`).
+    requests per path), ``agent_counts`` (a Counter of ``(client_id, path)``:
+    token requests by the client id asked for, vault calls by the client id of
+    the verified token; also served as JSON at ``/_mock/agents``) and
+    ``requests`` (the last 1000 :class:`RecordedRequest`).
     """
     authority = authority or MockAuthority()
     faults = faults or MockFaults()
     audience = frozenset((api_audience,) if isinstance(api_audience, str) else api_audience)
-    handlers = _App(authority, api_token=api_token, api_audience=audience, leeway=leeway)
+    agent_counts: Counter[tuple[str, str]] = Counter()
+    handlers = _App(
+        authority,
+        api_token=api_token,
+        api_audience=audience,
+        leeway=leeway,
+        agent_counts=agent_counts,
+    )
     routes = [
         Route(TOKEN_PATH, handlers.delegation_token, methods=["GET"]),
         Route(BUNDLE_PATH, handlers.bundle, methods=["GET"]),
@@ -581,6 +604,7 @@ def create_app(
         Route("/secure-vault/{resource}", handlers.vault, methods=["GET"]),
         Route(CONTROL_PREFIX + "/faults", handlers.control_faults, methods=["POST", "DELETE"]),
         Route(CONTROL_PREFIX + "/counts", handlers.control_counts, methods=["GET"]),
+        Route(CONTROL_PREFIX + "/agents", handlers.control_agents, methods=["GET"]),
     ]
     counts: Counter[str] = Counter()
     requests: deque[RecordedRequest] = deque(maxlen=1000)
@@ -588,6 +612,7 @@ def create_app(
     app.state.authority = authority
     app.state.faults = faults
     app.state.counts = counts
+    app.state.agent_counts = agent_counts
     app.state.requests = requests
     app.add_middleware(_FaultsAndCounts, faults=faults, counts=counts, requests=requests)
     return app

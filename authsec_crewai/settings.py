@@ -50,6 +50,7 @@ __all__ = [
     "build_transport",
     "env_var",
     "refresh_policy",
+    "role_key",
 ]
 
 Mode = Literal["auto", "live", "mock", "record", "replay"]
@@ -110,6 +111,72 @@ def _split_list(value: Any, *, separators: str = ",") -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"looks like JSON but is not valid JSON ({exc.msg})") from None
     return [part for part in re.split(f"[{re.escape(separators)}]", text) if part.strip()]
+
+
+def role_key(role: str) -> str:
+    """How agent roles are compared: case and runs of whitespace do not matter.
+
+    ``"Secure Vault  Analyst"`` in ``AUTHSEC_AGENTS`` names the agent whose
+    CrewAI role is ``"secure vault analyst"``: a role is a label people type
+    twice, and a mismatch in case should not cost an agent its identity.
+    """
+    return " ".join(role.split()).casefold()
+
+
+def _parse_agents(value: Any) -> Any:
+    """``AUTHSEC_AGENTS`` as ``{role: client_id}``, from JSON or ``role=uuid,role=uuid``.
+
+    Every entry is checked here, so each message names the role at fault; the
+    roles are kept as written (they are shown to people), compared by
+    :func:`role_key`.
+    """
+    if isinstance(value, bytes):
+        value = value.decode()
+    value = _empty_to_none(value)
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"looks like JSON but is not valid JSON ({exc.msg})") from None
+        else:
+            pairs: list[tuple[str, str]] = []
+            for item in (part for part in text.split(",") if part.strip()):
+                role, sep, client_id = item.partition("=")
+                if not sep:
+                    raise ValueError(
+                        f"entry {item.strip()[:60]!r} is not role=client-id; write e.g. "
+                        f"'analyst={DEMO_CLIENT_ID},writer=<uuid>' or a JSON object"
+                    )
+                pairs.append((role, client_id))
+            value = pairs
+    if isinstance(value, dict):
+        value = list(value.items())
+    if not isinstance(value, list):
+        raise ValueError("must map agent roles to client ids: a JSON object or role=uuid,...")
+    agents: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for role, client_id in value:
+        if not isinstance(role, str) or not role.strip():
+            raise ValueError("an agent role is empty; every entry needs a role name")
+        name = " ".join(role.split())
+        if not isinstance(client_id, str) or not _UUID_TEXT.fullmatch(client_id.strip()):
+            raise ValueError(
+                f"the client id of role {name[:60]!r} must be the agent's UUID (like "
+                f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else"
+            )
+        key = role_key(name)
+        if key in seen:
+            raise ValueError(
+                f"roles {seen[key][:60]!r} and {name[:60]!r} are the same role (roles are "
+                "compared without regard to case and spacing); name each agent once"
+            )
+        seen[key] = name
+        agents[name] = client_id.strip()
+    return agents
 
 
 def _check_url(value: str) -> str:
@@ -196,6 +263,11 @@ class AuthSecSettings(BaseSettings):
         validation_alias=AliasChoices("AUTHSEC_CLIENT_ID", "AUTHSEC_AGENT_CLIENT_ID"),
         description="The agent's client id (a UUID). Also read from AUTHSEC_AGENT_CLIENT_ID, "
         "the name the existing AuthSec SDKs use; AUTHSEC_CLIENT_ID wins when both are set.",
+    )
+    agents: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Each CrewAI agent's own client id, by role: a JSON object or "
+        "'role=uuid,role=uuid'. Tools used by an agent listed here act as that agent.",
     )
     api_token: SecretStr | None = Field(
         None,
@@ -320,6 +392,11 @@ class AuthSecSettings(BaseSettings):
             )
         return text
 
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents(cls, value: Any) -> Any:
+        return _parse_agents(value)
+
     @field_validator("audience", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -406,30 +483,38 @@ class AuthSecSettings(BaseSettings):
         is the same error as in ``live``.
         """
         mode = self.mode
+        has_identity = self.client_id is not None or bool(self.agents)
         if mode == "auto":
-            if self.base_url and self.client_id:
+            if self.base_url and has_identity:
                 return "live"
             _warn_auto_mock(self)
             return "mock"
         # record records the live server when it is configured and the mock when
         # nothing is; half a live configuration is a typo, never a quiet mock.
-        if mode == "live" or (
-            mode == "record" and (self.base_url is not None or self.client_id is not None)
-        ):
-            for name in ("base_url", "client_id"):
-                if getattr(self, name) is None:
-                    raise ConfigurationError(
-                        f"{env_var(name)} is not set; AUTHSEC_MODE={self.mode} needs "
-                        f"{env_var('base_url')} and {env_var('client_id')} "
-                        f"(or AUTHSEC_AGENT_CLIENT_ID). Set them, or use AUTHSEC_MODE=mock "
-                        "for local development"
-                    )
+        if mode == "live" or (mode == "record" and (self.base_url is not None or has_identity)):
+            missing = "base_url" if self.base_url is None else None
+            missing = missing or (None if has_identity else "client_id")
+            if missing is not None:
+                raise ConfigurationError(
+                    f"{env_var(missing)} is not set; AUTHSEC_MODE={self.mode} needs "
+                    f"{env_var('base_url')} and {env_var('client_id')} "
+                    f"(or AUTHSEC_AGENT_CLIENT_ID, or AUTHSEC_AGENTS for several agents). "
+                    "Set them, or use AUTHSEC_MODE=mock for local development"
+                )
         if mode in ("record", "replay") and self.cassette is None:
             raise ConfigurationError(
                 f"{env_var('cassette')} is not set; AUTHSEC_MODE={self.mode} needs the path "
                 "of the cassette file to " + ("write" if self.mode == "record" else "read")
             )
         return mode
+
+    def client_id_for_role(self, role: str) -> str | None:
+        """The client id ``AUTHSEC_AGENTS`` gives the agent with this CrewAI role, if any."""
+        wanted = role_key(role)
+        for name, client_id in self.agents.items():
+            if role_key(name) == wanted:
+                return client_id
+        return None
 
     @property
     def effective_client_id(self) -> str:
@@ -438,8 +523,9 @@ class AuthSecSettings(BaseSettings):
             return self.client_id
         if self.resolved_mode in ("mock", "replay", "record"):  # record: of the mock
             return DEMO_CLIENT_ID
-        raise ConfigurationError(  # pragma: no cover - resolved_mode raised already
-            f"{env_var('client_id')} is not set"
+        raise ConfigurationError(
+            f"{env_var('client_id')} is not set: only the agents in {env_var('agents')} have "
+            "an identity; give this one a client id, or list its role there"
         )
 
     def api_token_value(self) -> str | None:
@@ -453,7 +539,7 @@ def _warn_auto_mock(settings: AuthSecSettings) -> None:
     _auto_mock_warned.set()
     missing = [
         "AUTHSEC_BASE_URL" if settings.base_url is None else None,
-        "AUTHSEC_CLIENT_ID" if settings.client_id is None else None,
+        "AUTHSEC_CLIENT_ID" if settings.client_id is None and not settings.agents else None,
     ]
     names = [name for name in missing if name]
     from .logging import get_logger
@@ -510,7 +596,7 @@ def build_transport(settings: AuthSecSettings) -> Transport:
         # live configuration). "all": AUTHSEC_MODE=record asks for a fresh recording;
         # shared: every broker of this process (a crew builds one per tool) records
         # into the one cassette instead of overwriting it on close.
-        if settings.base_url is not None and settings.client_id is not None:
+        if settings.base_url is not None:  # resolved_mode checked the identity
             inner = _live_transport(settings)
         else:
             from .transports.mock import MockTransport

@@ -44,3 +44,9 @@ class MockServer:
 
     def count(self, path: str) -> int:
         return self.counts[path]
+
+    @property
+    def agent_counts(self) -> Counter[tuple[str, str]]:
+        """Requests per ``(client_id, path)``: who asked for tokens, who called the vault."""
+        counts: Counter[tuple[str, str]] = self.app.state.agent_counts
+        return counts

@@ -665,7 +665,7 @@ def test_settings_reference_defaults_match() -> None:
             assert first == str(value).lower(), (env_var(name), documented)
         elif isinstance(value, int | float):
             assert float(first) == value, (env_var(name), documented)
-        elif isinstance(value, list):
+        elif isinstance(value, list | dict):
             assert json.loads(first) == value, (env_var(name), documented)
         else:
             assert first == value, (env_var(name), documented)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +49,8 @@ class MockTransport:
 
     ``latency`` (seconds) is slept before each token answer; ``fail_next`` and
     ``fail_rate`` inject failures. ``calls`` counts ``fetch_token`` calls, which
-    is how tests prove single flight.
+    is how tests prove single flight. ``agents`` gives client ids their own
+    permissions (see :class:`~authsec_crewai.authority.MockAuthority`).
     """
 
     mode = "mock"
@@ -60,12 +61,15 @@ class MockTransport:
         authority: MockAuthority | None = None,
         ttl_seconds: float = 1800,
         permissions: Iterable[str] = DEFAULT_PERMISSIONS,
+        agents: Mapping[str, Iterable[str]] | None = None,
         latency: float = 0.0,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
+        if authority is not None and agents is not None:
+            raise ValueError("pass agents= to the MockAuthority you pass, not beside it")
         self.authority = authority or MockAuthority(
-            ttl_seconds=ttl_seconds, permissions=permissions, clock=clock
+            ttl_seconds=ttl_seconds, permissions=permissions, agents=agents, clock=clock
         )
         self.latency = latency
         self.calls = 0
