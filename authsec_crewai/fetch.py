@@ -474,6 +474,8 @@ class SecureFetcher:
         api_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.broker = broker
+        self.client_id = broker.client_id
+        """The agent this fetcher acts for; every log event names it (ids are not secrets)."""
         self._api_transport = api_transport
         mode = str(getattr(broker.transport, "mode", type(broker.transport).__name__))
         self.mode = mode
@@ -609,6 +611,7 @@ class SecureFetcher:
                 endpoint=_show(endpoint),
                 scope=_show(scope),
                 method=method if isinstance(method, str) and method.isalpha() else _show(method),
+                client_id=self.client_id,
                 mode=self.mode,
             )
             raise
@@ -626,6 +629,7 @@ class SecureFetcher:
                         endpoint=path,
                         fingerprint=token.fingerprint,
                         jti=token.jti,
+                        client_id=self.client_id,
                         mode=self.mode,
                     )
                     self.broker.invalidate(token)
@@ -643,6 +647,7 @@ class SecureFetcher:
                     fingerprint=token.fingerprint,
                     jti=token.jti,
                     attempts=attempts,
+                    client_id=self.client_id,
                     mode=self.mode,
                 )
                 raise
@@ -659,6 +664,7 @@ class SecureFetcher:
             jti=token.jti,
             attempts=attempts,
             elapsed_ms=round(elapsed * 1000, 1),
+            client_id=self.client_id,
             mode=self.mode,
         )
         return FetchResult(
@@ -684,6 +690,7 @@ class SecureFetcher:
                 endpoint=path,
                 scope=" ".join(sorted(scopes)),
                 missing=sorted(exc.missing),
+                client_id=self.client_id,
                 mode=self.mode,
             )
             raise errors.InsufficientScopeError(

@@ -291,3 +291,29 @@ def test_role_key_ignores_case_and_spacing() -> None:
 def test_uuid_client_ids_of_agents_are_kept_as_written() -> None:
     upper = str(uuid.uuid4()).upper()
     assert AuthSecSettings(agents={"analyst": upper}).agents == {"analyst": upper}
+
+
+# --- the audit trail names the agent --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_every_fetch_log_event_names_the_agent(rsa_key: RSAKey) -> None:
+    from structlog.testing import capture_logs
+
+    from authsec_crewai.broker import TokenBroker
+    from authsec_crewai.fetch import SecureFetcher
+
+    transport = MockTransport(authority=MockAuthority(key=rsa_key, agents=AGENTS))
+    async with TokenBroker(transport, client_id=WRITER) as broker:
+        fetcher = SecureFetcher(broker)
+        with capture_logs() as logs:
+            await fetcher.fetch("secure-vault/metrics", "read:metrics")
+            with pytest.raises(errors.InsufficientScopeError):
+                await fetcher.fetch("secure-vault/records", "read:records")
+            with pytest.raises(errors.EndpointRefusedError):
+                await fetcher.fetch("../etc/passwd", "read:metrics")
+            with pytest.raises(errors.ProtectedApiError):
+                await fetcher.fetch("secure-vault/nothing-here", "read:metrics")
+    fetch_events = [e for e in logs if str(e["event"]).startswith("fetch.")]
+    assert {e["event"] for e in fetch_events} >= {"fetch.ok", "fetch.refused", "fetch.failed"}
+    assert all(e["client_id"] == WRITER for e in fetch_events), fetch_events
