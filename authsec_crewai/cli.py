@@ -611,13 +611,14 @@ _QUIET_CREWAI = {
 @main.command()
 @friendly_errors
 def demo() -> None:
-    """Run a real CrewAI crew offline: mock tokens, a scripted model, the real tool.
+    """Run a real two-agent CrewAI crew offline: mock tokens, scripted models, the real tool.
 
-    Crew.kickoff() runs one analyst agent whose (scripted, native
-    function-calling) model fetches secure-vault/records and secure-vault/metrics
-    through the AuthSec tool, is refused a scope its delegation does not grant
-    (read:audit), and writes a briefing from what it read. Prints the token log
-    (mode, fingerprints, scopes, expiry; never a token) and the crew's answer.
+    Crew.kickoff() runs an analyst who may read records and a writer who may
+    only read metrics, each with its own AuthSec identity (client id) and
+    delegation. Each (scripted, native function-calling) model asks for both;
+    each agent is refused, before the API, what only the other may read, and
+    writes a briefing from what it read. Prints the agents, the token log
+    (client ids, fingerprints, scopes; never a token) and each answer.
     Always MOCK mode: no network, no API key. Telemetry and tracing are turned
     off and CrewAI's storage goes to a temporary directory, unless you set
     CREWAI_DISABLE_TELEMETRY, OTEL_SDK_DISABLED, CREWAI_TRACING_ENABLED or
@@ -641,7 +642,8 @@ def demo() -> None:
 
 
 def _print_demo(outcome: Any) -> None:
-    """The token log, the tool calls and the crew's answer, as rich tables."""
+    """The agents, the token log, the tokens held and each agent's answer, in 80 columns."""
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
@@ -649,42 +651,57 @@ def _print_demo(outcome: Any) -> None:
 
     console = Console(highlight=False, soft_wrap=False)
     console.print(
-        f"[bold]authsec-crewai demo[/] — mode [bold cyan]{escape(outcome.mode.upper())}[/], "
-        f"real Crew.kickoff() with a scripted model, {outcome.seconds:.2f}s"
+        f"[bold]authsec-crewai demo[/]: [bold cyan]{escape(outcome.mode.upper())}[/] mode, "
+        f"a real Crew.kickoff() of {len(outcome.agents)} agents, {outcome.seconds:.2f}s"
     )
-    log = Table(title=f"Token log ({outcome.mode} mode)", title_justify="left")
-    for column in ("time", "event", "token", "scopes", "detail"):
-        log.add_column(column, overflow="fold")
+    role_of = {agent.client_id: agent.role for agent in outcome.agents}
+    for role, held in outcome.tokens.items():
+        for token in held:
+            role_of.setdefault(f"jwt:{token.fingerprint}", role)
+
+    def table(title: str, *columns: str) -> Table:
+        grid = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in columns:
+            grid.add_column(column, overflow="fold")
+        return grid
+
+    agents = table("Agents, each with its own AuthSec identity", "agent", "client id", "may read")
+    for agent in outcome.agents:
+        agents.add_row(agent.role, agent.client_id, " ".join(agent.grants))
+    console.print(agents)
+
+    log = table("Token and fetch log (no token is ever shown)", "agent", "event", "token", "detail")
     for event in outcome.events:
-        when = datetime.fromtimestamp(event["at"], UTC).strftime("%H:%M:%S")
         name = str(event.get("event", ""))
         fingerprint = event.get("fingerprint")
         token = f"jwt:{fingerprint}" if fingerprint else "-"
-        scopes = event.get("scopes") or event.get("scope") or "-"
+        agent = role_of.get(str(event.get("client_id")), role_of.get(token, "?"))
+        scopes = event.get("scopes") or event.get("scope") or ""
         if isinstance(scopes, list):
             scopes = " ".join(scopes)
         if name == "token.issued":
-            expiry = datetime.fromtimestamp(event["at"] + float(event.get("expires_in", 0)), UTC)
-            detail = f"expires {expiry.strftime('%H:%M:%S')}Z (in {event.get('expires_in')}s)"
+            detail = f"{scopes}, {float(event.get('expires_in', 0)) / 60:.0f} min"
+        elif name == "fetch.ok":
+            detail = f"{event.get('endpoint', '')}"
         elif name.startswith("fetch."):
-            outcome_text = "ok" if name == "fetch.ok" else str(event.get("error", name))
-            detail = f"{event.get('endpoint', '')} -> {outcome_text}"
+            detail = f"{scopes}: {event.get('error', name)}"
         else:
-            detail = ""
-        log.add_row(when, name, token, str(scopes), escape(str(detail)))
+            detail = str(scopes)
+        log.add_row(agent, name, token, escape(detail))
     console.print(log)
-    tokens = Table(title="Tokens held by the broker", title_justify="left")
-    for column in ("token", "jti", "permissions", "expires at"):
-        tokens.add_column(column, overflow="fold")
-    for held in outcome.tokens:
-        tokens.add_row(
-            f"jwt:{held.fingerprint}",
-            held.jti or "-",
-            " ".join(sorted(held.permissions)),
-            held.expires_at.isoformat(timespec="seconds"),
-        )
+
+    tokens = table("Tokens held by the broker", "agent", "token", "permissions", "expires")
+    for role, held in outcome.tokens.items():
+        for token in held:
+            tokens.add_row(
+                role,
+                f"jwt:{token.fingerprint}",
+                " ".join(sorted(token.permissions)),
+                token.expires_at.strftime("%H:%M:%SZ"),
+            )
     console.print(tokens)
-    console.print(Panel(escape(outcome.answer), title="The crew's answer", title_align="left"))
+    for role, answer in outcome.answers.items():
+        console.print(Panel(escape(answer), title=f"{role}'s answer", title_align="left"))
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m authsec_crewai.cli`

@@ -7,6 +7,11 @@ JWTs minted by the mock authority and checked by the mock vault. The model is
 :class:`ScriptedVaultLLM`, which asks for tools and then writes its summary
 from what the tools returned, so the demo needs no network and no API key.
 
+The crew has two agents, each with its own AuthSec identity (client id) and
+delegation: an analyst who may read records and a writer who may only read
+metrics. Each asks for both, and each is refused, before the API, what only
+the other may read.
+
 Like :mod:`authsec_crewai.tools`, this module imports crewai; nothing imports
 it except the ``demo`` command and code that asks for it.
 """
@@ -23,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from crewai import Agent, BaseLLM, Crew, Task
+from crewai.crews.crew_output import CrewOutput
 from pydantic import Field
 
 from . import errors
+from .authority import MockAuthority
 from .settings import AuthSecSettings
-from .tools import DEFAULT_TOOL_NAME, AuthSecSecureFetchTool
+from .tools import DEFAULT_TOOL_NAME, AuthSecSecureFetchTool, assign_identities
 from .transports.mock import MockTransport
 
 if TYPE_CHECKING:
@@ -36,10 +43,13 @@ if TYPE_CHECKING:
     from .token import DelegationToken
 
 __all__ = [
+    "DEMO_AGENTS",
     "DEMO_PLAN",
+    "DemoAgent",
     "DemoRun",
     "ScriptedVaultLLM",
     "build_demo_crew",
+    "build_two_agent_crew",
     "observed_results",
     "run_demo",
 ]
@@ -51,6 +61,39 @@ DEMO_PLAN: tuple[tuple[str, str], ...] = (
 )
 """What the scripted analyst asks for: two granted scopes, and one the mock
 delegation does not grant (``read:audit``), which must be refused."""
+
+
+@dataclass(frozen=True)
+class DemoAgent:
+    """One agent of the two-agent demo crew: who it is, what it may and will read."""
+
+    role: str
+    client_id: str
+    grants: tuple[str, ...]
+    plan: tuple[tuple[str, str], ...]
+    goal: str
+
+
+DEMO_AGENTS: tuple[DemoAgent, ...] = (
+    DemoAgent(
+        role="Analyst",
+        client_id="11111111-1111-4111-8111-111111111111",
+        grants=("read:records",),
+        plan=(("secure-vault/records", "read:records"), ("secure-vault/metrics", "read:metrics")),
+        goal="Brief the security lead on who is on file in the secure vault",
+    ),
+    DemoAgent(
+        role="Writer",
+        client_id="22222222-2222-4222-8222-222222222222",
+        grants=("read:metrics",),
+        plan=(("secure-vault/metrics", "read:metrics"), ("secure-vault/records", "read:records")),
+        goal="Write the quarter's numbers for the board from the vault's metrics",
+    ),
+)
+"""The demo crew: each agent its own (obviously fake) client id and delegation.
+
+Each plan asks for what the agent may read and for what only the other may:
+the second read must be refused before the API sees a request."""
 
 
 def observed_results(messages: str | Sequence[Any]) -> list[dict[str, Any]]:
@@ -249,15 +292,64 @@ def build_demo_crew(tool: Any, llm: BaseLLM | None = None) -> Crew:
     return Crew(agents=[analyst], tasks=[task], verbose=False)
 
 
+def build_two_agent_crew(
+    tool: AuthSecSecureFetchTool,
+    *,
+    native: bool = True,
+    agents: Sequence[DemoAgent] = DEMO_AGENTS,
+) -> Crew:
+    """The demo crew: one task per agent, ``tool`` acting as each agent's own identity.
+
+    Every agent is given the same ``tool``; :func:`assign_identities` then
+    replaces it, per agent, by a copy acting as that agent's client id (by
+    role), all of them on one broker.
+    """
+    members: list[Any] = []
+    tasks: list[Task] = []
+    for member in agents:
+        agent = Agent(
+            role=member.role,
+            goal=member.goal,
+            backstory="You read protected data through AuthSec delegation tokens and never "
+            "guess at data you were refused.",
+            llm=ScriptedVaultLLM(native=native, plan=list(member.plan)),
+            tools=[tool],
+            allow_delegation=False,
+            verbose=False,
+            max_iter=6,
+        )
+        reads = " and ".join(f"{endpoint} (scope {scope})" for endpoint, scope in member.plan)
+        tasks.append(
+            Task(
+                description=f"Read {reads}, then write a short briefing. Report any refusal "
+                "as it is.",
+                expected_output="A short briefing with the facts read and the refusals.",
+                agent=agent,
+            )
+        )
+        members.append(agent)
+    crew = Crew(agents=members, tasks=tasks, verbose=False)
+    assign_identities(crew, agents={member.role: member.client_id for member in agents})
+    return crew
+
+
 @dataclass
 class DemoRun:
-    """What the demo did: the crew's answer, the token and fetch log, the tokens."""
+    """What the demo did: each agent's answer, the token and fetch log, the tokens."""
 
-    answer: str
+    answers: dict[str, str]
+    """Role -> that agent's briefing."""
     mode: str
     events: list[dict[str, Any]]
-    tokens: list[DelegationToken]
+    tokens: dict[str, list[DelegationToken]]
+    """Role -> the tokens the broker holds for that agent."""
+    agents: tuple[DemoAgent, ...]
     seconds: float
+
+    @property
+    def answer(self) -> str:
+        """All briefings, one after the other."""
+        return "\n\n".join(f"{role}:\n{text}" for role, text in self.answers.items())
 
 
 @contextmanager
@@ -282,11 +374,12 @@ def _capture(prefixes: tuple[str, ...]) -> Iterator[list[dict[str, Any]]]:
         structlog.configure(**saved)
 
 
-def run_demo(llm: BaseLLM | None = None) -> DemoRun:
-    """Run the demo crew in mock mode and report what happened.
+def run_demo(*, native: bool = True) -> DemoRun:
+    """Run the two-agent demo crew in mock mode and report what happened.
 
     Mock mode is forced, whatever ``AUTHSEC_*`` says: the demo must never
-    reach a real server or depend on a user's allowlists.
+    reach a real server or depend on a user's allowlists. The mock authority
+    knows the two agents and refuses any other client id.
     """
     settings = AuthSecSettings(
         mode="mock",
@@ -295,23 +388,40 @@ def run_demo(llm: BaseLLM | None = None) -> DemoRun:
         allowed_scopes=None,
         allowed_endpoints=None,
         allowed_methods=["GET"],
+        agents={},
         cassette=None,
     )
-    tool = AuthSecSecureFetchTool(settings=settings, transport=MockTransport())
+    transport = MockTransport(
+        authority=MockAuthority(
+            agents={member.client_id: member.grants for member in DEMO_AGENTS},
+            unknown_agents="refuse",
+        )
+    )
+    tool = AuthSecSecureFetchTool(settings=settings, transport=transport)
     started = time.monotonic()
+    crew = build_two_agent_crew(tool, native=native)
     with _capture(("token.", "fetch.")) as events:
-        output = build_demo_crew(tool, llm).kickoff()
-    broker = tool.broker
-    tokens: dict[str, DelegationToken] = {}
-    for _, scope in DEMO_PLAN:
-        with suppress(errors.ScopeNotGrantedError):  # read:audit: refused, as it should be
-            token = broker.cached_token(scope)
-            if token is not None:
-                tokens.setdefault(token.fingerprint, token)
+        output = crew.kickoff()
+    assert isinstance(output, CrewOutput)  # not streaming: the crew was built without stream=
+    answers = {
+        member.role: task_output.raw
+        for member, task_output in zip(DEMO_AGENTS, output.tasks_output, strict=True)
+    }
+    tokens: dict[str, list[DelegationToken]] = {}
+    for agent in crew.agents:
+        (bound,) = [t for t in agent.tools or () if isinstance(t, AuthSecSecureFetchTool)]
+        held: dict[str, DelegationToken] = {}
+        for scope in sorted({scope for member in DEMO_AGENTS for _, scope in member.plan}):
+            with suppress(errors.ScopeNotGrantedError):  # the other agent's scope: refused
+                token = bound.broker.cached_token(scope)
+                if token is not None and token.client_id == bound.client_id:
+                    held.setdefault(token.fingerprint, token)
+        tokens[agent.role] = list(held.values())
     return DemoRun(
-        answer=str(getattr(output, "raw", output)),
+        answers=answers,
         mode=settings.resolved_mode,
         events=events,
-        tokens=list(tokens.values()),
+        tokens=tokens,
+        agents=DEMO_AGENTS,
         seconds=time.monotonic() - started,
     )

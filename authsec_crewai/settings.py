@@ -49,6 +49,7 @@ __all__ = [
     "build_broker",
     "build_transport",
     "env_var",
+    "parse_agents",
     "refresh_policy",
     "role_key",
 ]
@@ -123,7 +124,7 @@ def role_key(role: str) -> str:
     return " ".join(role.split()).casefold()
 
 
-def _parse_agents(value: Any) -> Any:
+def parse_agents(value: Any) -> Any:
     """``AUTHSEC_AGENTS`` as ``{role: client_id}``, from JSON or ``role=uuid,role=uuid``.
 
     Every entry is checked here, so each message names the role at fault; the
@@ -395,7 +396,7 @@ class AuthSecSettings(BaseSettings):
     @field_validator("agents", mode="before")
     @classmethod
     def _agents(cls, value: Any) -> Any:
-        return _parse_agents(value)
+        return parse_agents(value)
 
     @field_validator("audience", mode="before")
     @classmethod

@@ -33,8 +33,8 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio.lowlevel
 import httpx
@@ -46,7 +46,7 @@ from ._brokerthread import BrokerThread
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
 from .logging import get_logger
-from .settings import AuthSecSettings, build_broker, env_var, refresh_policy
+from .settings import AuthSecSettings, build_broker, env_var, parse_agents, refresh_policy, role_key
 from .sync import SyncTokenBroker
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ __all__ = [
     "AuthSecSecureFetchTool",
     "QueryParam",
     "SecureFetchArgs",
+    "assign_identities",
     "close_shared_brokers",
     "describe_tool",
 ]
@@ -169,6 +170,11 @@ def _env_vars() -> list[EnvVar]:
             description="The client id under the name the existing AuthSec SDKs use.",
             required=False,
         ),
+        var(
+            "agents",
+            "Each agent's own client id by CrewAI role (role=uuid,role=uuid or JSON), used by "
+            "assign_identities(crew) and tool.for_agent(role).",
+        ),
         var("api_token", "API token for the AuthSec server (newest server generation)."),
         var(
             "api_base_url",
@@ -272,9 +278,14 @@ class _Binding:
         self,
         settings: AuthSecSettings,
         source: TokenBroker | SyncTokenBroker | Transport | None,
+        client_id: str | None = None,
     ) -> None:
+        if client_id is not None:  # checked by the caller, so no validation is skipped
+            settings = settings.model_copy(update={"client_id": client_id})
         self.settings = settings
         self.source = source
+        self.client_id = client_id
+        """The agent this tool acts for when given explicitly; else the settings' (or broker's)."""
         self._lock = threading.Lock()
         self._runtime: BrokerThread | None = None
         self._fetcher: SecureFetcher | None = None
@@ -282,6 +293,10 @@ class _Binding:
 
     def __copy__(self) -> _Binding:
         return self
+
+    def as_agent(self, client_id: str) -> _Binding:
+        """The same wiring acting for another agent (a new binding; runtimes stay shared)."""
+        return _Binding(self.settings, self.source, client_id)
 
     def __deepcopy__(self, memo: dict[int, object]) -> _Binding:
         return self
@@ -342,6 +357,70 @@ class _Binding:
         )
 
 
+# --- identities ---------------------------------------------------------------------------------
+
+
+def _checked_client_id(client_id: object) -> str:
+    try:
+        (checked,) = parse_agents({"agent": client_id}).values()
+    except ValueError:
+        raise errors.ConfigurationError(
+            f"client_id {str(client_id)[:60]!r} must be the agent's UUID; AuthSec answers 400 "
+            "to anything else"
+        ) from None
+    return str(checked)
+
+
+def _client_id_for_role(
+    role: str, settings: AuthSecSettings, agents: Mapping[str, str] | None
+) -> str:
+    if agents is None:
+        mapping, source = settings.agents, env_var("agents")
+    else:
+        try:
+            mapping, source = parse_agents(dict(agents)), "agents="
+        except ValueError as exc:
+            raise errors.ConfigurationError(f"agents=: {exc}") from None
+    wanted = role_key(role)
+    for name, client_id in mapping.items():
+        if role_key(name) == wanted:
+            return client_id
+    known = ", ".join(repr(name) for name in mapping) or "none"
+    raise errors.ConfigurationError(
+        f"the agent with role {role[:80]!r} has no client id in {source} (roles there: "
+        f"{known}); add it, e.g. {env_var('agents')}='{role[:40]}=<its client id>'"
+    )
+
+
+def assign_identities(crew: Any, *, agents: Mapping[str, str] | None = None) -> None:
+    """Give each agent of ``crew`` its own AuthSec identity, by role.
+
+    Every AuthSec tool of every agent (and of every task, whose tools CrewAI
+    uses instead of its agent's) is replaced by a copy acting as that agent:
+    the client id comes from ``agents`` (role -> client id), else from
+    ``AUTHSEC_AGENTS``. A tool given ``client_id=`` explicitly keeps it. An
+    agent with AuthSec tools and no client id is a ``ConfigurationError``.
+    ``crew`` is a ``Crew``, or an iterable of agents. The copies share one
+    broker runtime, whatever the number of agents.
+    """
+
+    def bound(tools: Iterable[Any], agent: Any) -> list[Any]:
+        return [
+            tool.for_agent(agent, agents=agents)
+            if isinstance(tool, _SecureFetchTool) and tool._binding.client_id is None
+            else tool
+            for tool in tools
+        ]
+
+    members = getattr(crew, "agents", crew)
+    for agent in members:
+        if agent.tools:
+            agent.tools = bound(agent.tools, agent)
+    for task in getattr(crew, "tasks", ()):
+        if task.tools and task.agent is not None:
+            task.tools = bound(task.tools, task.agent)
+
+
 # --- the tools ----------------------------------------------------------------------------------
 
 
@@ -361,6 +440,7 @@ class _SecureFetchTool(BaseTool):
         settings: AuthSecSettings | None = None,
         broker: TokenBroker | SyncTokenBroker | None = None,
         transport: Transport | None = None,
+        client_id: str | None = None,
         **data: Any,
     ) -> None:
         """Wire the tool by hand, or not at all.
@@ -370,22 +450,60 @@ class _SecureFetchTool(BaseTool):
         - ``broker=``: a running ``TokenBroker`` or ``SyncTokenBroker`` you
           own (the tool never closes it); ``settings`` then only sets policy;
         - ``transport=``: a transport of yours; a broker is built on it from
-          ``settings``.
+          ``settings``;
+        - ``client_id=``: the agent this tool acts for, when it is not the
+          settings' (one tool per agent, each with its own identity; see
+          also :meth:`for_agent` and :func:`assign_identities`).
 
         Tools given the same configuration, broker or transport share one
         broker. Other keyword arguments are CrewAI's (``name``,
-        ``description``, ``result_as_answer``, ...).
+        ``description``, ``result_as_answer``, ...); any other keyword is a
+        ``TypeError`` that names it, never a silently ignored option.
         """
+        unknown = sorted(set(data) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s) "
+                f"{', '.join(repr(name) for name in unknown)}; it takes settings, broker, "
+                "transport, client_id and CrewAI's tool options "
+                f"({', '.join(sorted(type(self).model_fields))})"
+            )
         if broker is not None and transport is not None:
             raise errors.ConfigurationError("pass broker= or transport=, not both")
         resolved = settings if settings is not None else AuthSecSettings()
+        if client_id is not None:
+            client_id = _checked_client_id(client_id)
+            resolved = resolved.model_copy(update={"client_id": client_id})
         if broker is None and transport is None:
             resolved.resolved_mode  # noqa: B018 - a broken configuration fails here, not mid-crew
         if not data.get("description"):
             data["description"] = describe_tool(resolved)
         data.setdefault("cache_function", cache_successes)
         super().__init__(**data)
-        self._binding = _Binding(resolved, broker if broker is not None else transport)
+        self._binding = _Binding(resolved, broker if broker is not None else transport, client_id)
+
+    def for_agent(self, agent: Any, *, agents: Mapping[str, str] | None = None) -> Self:
+        """A copy of this tool acting as ``agent`` (a CrewAI agent, or its role).
+
+        The client id comes from ``agents`` (role -> client id), else from
+        ``AUTHSEC_AGENTS``; roles match without regard to case and spacing. A
+        role with no client id is a ``ConfigurationError``: an agent never
+        quietly borrows another identity. The copy shares this tool's broker.
+        """
+        role = agent if isinstance(agent, str) else getattr(agent, "role", None)
+        if not isinstance(role, str):
+            raise TypeError(f"for_agent() takes a CrewAI agent or its role, not {type(agent)!r}")
+        client_id = _client_id_for_role(role, self.settings, agents)
+        copy = self.model_copy()
+        copy._binding = self._binding.as_agent(client_id)
+        return copy
+
+    @property
+    def client_id(self) -> str:
+        """The client id of the agent this tool acts for."""
+        if self._binding.client_id is not None:
+            return self._binding.client_id
+        return self.broker.client_id
 
     @property
     def settings(self) -> AuthSecSettings:
@@ -435,11 +553,14 @@ class AuthSecSecureFetchTool(_SecureFetchTool):
         settings: AuthSecSettings | None = None,
         broker: TokenBroker | SyncTokenBroker | None = None,
         transport: Transport | None = None,
+        client_id: str | None = None,
         **data: Any,
     ) -> None:
         # Spelled out (not inherited) so type checkers see these keywords: they
         # synthesise a pydantic model's __init__ from its fields otherwise.
-        super().__init__(settings=settings, broker=broker, transport=transport, **data)
+        super().__init__(
+            settings=settings, broker=broker, transport=transport, client_id=client_id, **data
+        )
 
 
 class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
@@ -458,9 +579,12 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
         settings: AuthSecSettings | None = None,
         broker: TokenBroker | SyncTokenBroker | None = None,
         transport: Transport | None = None,
+        client_id: str | None = None,
         **data: Any,
     ) -> None:
-        super().__init__(settings=settings, broker=broker, transport=transport, **data)
+        super().__init__(
+            settings=settings, broker=broker, transport=transport, client_id=client_id, **data
+        )
 
     async def _arun(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch asynchronously; returns the result as JSON text, failures included."""

@@ -32,7 +32,7 @@ from crewkit import (  # noqa: F401 (autouse fixtures)
 )
 
 from authsec_crewai.cli import main
-from authsec_crewai.demo import ScriptedVaultLLM
+from authsec_crewai.demo import DEMO_AGENTS, ScriptedVaultLLM, run_demo
 from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.tools import AsyncAuthSecSecureFetchTool, AuthSecSecureFetchTool
@@ -137,16 +137,40 @@ def test_8_agents_with_50_parallel_tool_calls_each_make_one_token_request_per_sc
     print(f"8 agents x 50 calls: {elapsed:.2f}s, peak {peak[0]} in flight, tokens {dict(scopes)}")
 
 
-def test_the_demo_command_runs_a_crew_offline() -> None:
+def test_the_demo_command_runs_a_two_agent_crew_offline_in_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    for text in ("MOCK", "Token log", "token.issued", "fetch.refused", "jwt:", "The crew's answer"):
-        assert text in result.stdout
-    for line in EXPECTED[:2]:
-        assert line.split(":")[0] in result.stdout
-    assert "6 people on file" in result.stdout and "insufficient_scope" in result.stdout
+    out = result.stdout
+    for text in ("MOCK", "Token and fetch log", "token.issued", "fetch.refused", "jwt:"):
+        assert text in out
+    for agent in DEMO_AGENTS:
+        assert agent.client_id in out and f"{agent.role}'s answer" in out
+    assert "6 people on file" in out and "2026-Q2 revenue" in out
+    # Each agent was refused, before the API, what only the other may read.
+    assert "read:metrics: insufficient_scope" in out
+    assert "read:records: insufficient_scope" in out
+    assert out.count("1 of 2 reads succeeded; every refusal happened before the API") == 2
+    assert max(len(line) for line in out.splitlines()) <= 80
     assert "eyJ" not in result.output  # no JWT, not even a header
     assert not (Path.cwd() / ".crewai").exists()
+
+
+def test_the_demo_run_names_each_agent_in_every_event_it_shows() -> None:
+    outcome = run_demo(native=False)
+    by_id = {agent.client_id: agent.role for agent in outcome.agents}
+    fetches = [e for e in outcome.events if str(e["event"]).startswith("fetch.")]
+    assert sorted((by_id[e["client_id"]], e["event"]) for e in fetches) == [
+        ("Analyst", "fetch.ok"),
+        ("Analyst", "fetch.refused"),
+        ("Writer", "fetch.ok"),
+        ("Writer", "fetch.refused"),
+    ]
+    held = {role: [t.permissions for t in tokens] for role, tokens in outcome.tokens.items()}
+    assert held == {"Analyst": [{"read:records"}], "Writer": [{"read:metrics"}]}
+    assert {t.client_id for t in outcome.tokens["Writer"]} == {DEMO_AGENTS[1].client_id}
 
 
 def _load_example(name: str) -> Any:
