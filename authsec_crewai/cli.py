@@ -660,7 +660,13 @@ def _print_demo(outcome: Any) -> None:
             role_of.setdefault(f"jwt:{token.fingerprint}", role)
 
     def table(title: str, *columns: str) -> Table:
-        grid = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        grid = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            padding=(0, 1, 0, 0),
+        )
         for column in columns:
             grid.add_column(column, overflow="fold")
         return grid
@@ -683,6 +689,8 @@ def _print_demo(outcome: Any) -> None:
             detail = f"{scopes}, {float(event.get('expires_in', 0)) / 60:.0f} min"
         elif name == "fetch.ok":
             detail = f"{event.get('endpoint', '')}"
+        elif event.get("missing"):
+            detail = f"{' '.join(event['missing'])} not granted"
         elif name.startswith("fetch."):
             detail = f"{scopes}: {event.get('error', name)}"
         else:

@@ -413,8 +413,8 @@ def run_demo(*, native: bool = True) -> DemoRun:
         held: dict[str, DelegationToken] = {}
         for scope in sorted({scope for member in DEMO_AGENTS for _, scope in member.plan}):
             with suppress(errors.ScopeNotGrantedError):  # the other agent's scope: refused
-                token = bound.broker.cached_token(scope)
-                if token is not None and token.client_id == bound.client_id:
+                token = bound.broker.cached_token(scope, agent=bound.client_id)
+                if token is not None:
                     held.setdefault(token.fingerprint, token)
         tokens[agent.role] = list(held.values())
     return DemoRun(

@@ -43,7 +43,7 @@ from .redact import mask_jwt, redact_text
 from .token import canonical_scopes
 
 if TYPE_CHECKING:
-    from .broker import TokenBroker
+    from .broker import BrokerAgent, TokenBroker
     from .settings import AuthSecSettings
     from .token import DelegationToken
 
@@ -447,7 +447,8 @@ def _redirect_target(origin: httpx.URL, location: str) -> str:
 class SecureFetcher:
     """Guards an agent's protected-API call and makes it with a delegation token.
 
-    ``broker`` supplies tokens; API traffic goes through ``client`` when given,
+    ``broker`` supplies tokens, for ``agent`` (a client id) when given, else
+    for the broker's own agent; API traffic goes through ``client`` when given,
     else through an ``httpx.AsyncClient`` built on first use over
     ``api_transport``, by default ``broker.transport.api()`` (the mode's
     transport: a socket pool when live, the mock vault in process when mock).
@@ -472,9 +473,11 @@ class SecureFetcher:
         client: httpx.AsyncClient | None = None,
         api_base_url: str | None = None,
         api_transport: httpx.AsyncBaseTransport | None = None,
+        agent: str | None = None,
     ) -> None:
         self.broker = broker
-        self.client_id = broker.client_id
+        self._tokens: TokenBroker | BrokerAgent = broker if agent is None else broker.agent(agent)
+        self.client_id = broker.client_id if agent is None else agent
         """The agent this fetcher acts for; every log event names it (ids are not secrets)."""
         self._api_transport = api_transport
         mode = str(getattr(broker.transport, "mode", type(broker.transport).__name__))
@@ -632,7 +635,7 @@ class SecureFetcher:
                         client_id=self.client_id,
                         mode=self.mode,
                     )
-                    self.broker.invalidate(token)
+                    self._tokens.invalidate(token)
                     token = await self._token(scopes, path)
                     attempts += 1
                     continue
@@ -682,7 +685,7 @@ class SecureFetcher:
 
     async def _token(self, scopes: frozenset[str], path: str) -> DelegationToken:
         try:
-            return await self.broker.token(scopes)
+            return await self._tokens.token(scopes)
         except errors.ScopeNotGrantedError as exc:
             _log.warning(
                 "fetch.refused",

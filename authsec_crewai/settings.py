@@ -48,6 +48,7 @@ __all__ = [
     "ResolvedMode",
     "build_broker",
     "build_transport",
+    "default_client_id",
     "env_var",
     "parse_agents",
     "refresh_policy",
@@ -648,19 +649,30 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
 
     chosen = transport if transport is not None else build_transport(settings)
     options: dict[str, Any] = {}
-    client_id = settings.client_id
     if getattr(chosen, "mode", None) in ("record", "replay"):
-        # A cassette's tokens live on the cassette's time; a replay asks as the
-        # client the session was recorded with unless one is configured.
+        # A cassette's tokens live on the cassette's time.
         options["clock"] = chosen.clock  # type: ignore[attr-defined]
-        if client_id is None and chosen.mode == "replay":  # type: ignore[attr-defined]
-            client_id = getattr(chosen, "client_id", None)
     return TokenBroker(
         chosen,
-        client_id=client_id or settings.effective_client_id,
+        client_id=default_client_id(settings, chosen),
         audience=tuple(settings.audience),
         policy=refresh_policy(settings),
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
         **options,
     )
+
+
+def default_client_id(settings: AuthSecSettings, transport: Transport) -> str:
+    """The agent a broker or tool acts for when none is named.
+
+    The configured client id; else, when replaying, the client the session was
+    recorded with; else the mode's default (the demo id in mock mode).
+    """
+    if settings.client_id is not None:
+        return settings.client_id
+    if getattr(transport, "mode", None) == "replay":
+        recorded = getattr(transport, "client_id", None)
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return settings.effective_client_id

@@ -46,7 +46,15 @@ from ._brokerthread import BrokerThread
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
 from .logging import get_logger
-from .settings import AuthSecSettings, build_broker, env_var, parse_agents, refresh_policy, role_key
+from .settings import (
+    AuthSecSettings,
+    build_broker,
+    default_client_id,
+    env_var,
+    parse_agents,
+    refresh_policy,
+    role_key,
+)
 from .sync import SyncTokenBroker
 
 if TYPE_CHECKING:
@@ -200,18 +208,19 @@ _registry_lock = threading.Lock()
 
 
 def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
-    """What decides which tokens a broker gets: tools equal in all of it share a broker.
+    """What decides how a broker gets tokens: tools equal in all of it share a broker.
 
-    The mode and server, the agent, the API token (as a hash: the registry must
-    not hold secrets in its keys), audience, verification and the refresh
-    policy. Per-tool policy (allowlists, methods, size cap, API origin) is
-    deliberately absent: it does not change the tokens, only their use.
+    The mode and server, the API token (as a hash: the registry must not hold
+    secrets in its keys), audience, verification and the refresh policy. The
+    agent (client id) is deliberately absent: one broker serves every agent,
+    each with its own cache, so a process runs one broker however many
+    identities its tools act for. Per-tool policy (allowlists, methods, size
+    cap, API origin) is absent too: it does not change the tokens, only their use.
     """
     api_token = settings.api_token_value()
     return (
         settings.resolved_mode,
         settings.base_url,
-        settings.effective_client_id,
         None if api_token is None else hashlib.sha256(api_token.encode()).hexdigest(),
         tuple(settings.audience),
         settings.verify,
@@ -289,6 +298,7 @@ class _Binding:
         self._lock = threading.Lock()
         self._runtime: BrokerThread | None = None
         self._fetcher: SecureFetcher | None = None
+        self._agent: str | None = None
         self._on_loop: dict[object, SecureFetcher] = {}
 
     def __copy__(self) -> _Binding:
@@ -305,10 +315,29 @@ class _Binding:
         with self._lock:
             if self._runtime is None or self._fetcher is None or self._runtime.closed:
                 runtime = self._acquire()
-                self._fetcher = SecureFetcher(runtime.broker, self.settings)
+                self._agent = self._agent_for(runtime.broker)
+                self._fetcher = SecureFetcher(runtime.broker, self.settings, agent=self._agent)
                 self._runtime = runtime
                 self._on_loop.clear()
             return self._runtime, self._fetcher
+
+    def agent_id(self) -> str | None:
+        """The client id this tool acts for (None: the default agent of a broker you own)."""
+        self.get()
+        return self._agent
+
+    def _agent_for(self, broker: TokenBroker) -> str | None:
+        """Who this tool is: never whoever happened to create the shared broker.
+
+        A broker of the user's keeps its own default agent unless the tool
+        names one; a shared broker serves every tool alike, so each tool names
+        its agent: the explicit one, else its settings' (or its mode's default).
+        """
+        if self.client_id is not None:
+            return self.client_id
+        if isinstance(self.source, TokenBroker | SyncTokenBroker):
+            return None
+        return default_client_id(self.settings, broker.transport)
 
     def fetcher_on_this_loop(self) -> SecureFetcher | None:
         """A live-mode fetcher whose connection pool belongs to the calling event loop.
@@ -331,7 +360,10 @@ class _Binding:
                 for finished in [known for known in self._on_loop if _loop_finished(known)]:
                     del self._on_loop[finished]
                 fetcher = SecureFetcher(
-                    runtime.broker, self.settings, api_transport=httpx.AsyncHTTPTransport()
+                    runtime.broker,
+                    self.settings,
+                    agent=self._agent,
+                    api_transport=httpx.AsyncHTTPTransport(),
                 )
                 self._on_loop[loop] = fetcher
         return fetcher
@@ -347,7 +379,7 @@ class _Binding:
             )
         if source is not None:
             transport = source
-            return _shared_runtime(
+            return _shared_runtime(  # the transport decides the mode and server
                 ("transport", pid, id(transport), _settings_key(settings)[2:]),
                 lambda: BrokerThread(build_broker(settings, transport), owns_broker=True),
             )
@@ -499,11 +531,9 @@ class _SecureFetchTool(BaseTool):
         return copy
 
     @property
-    def client_id(self) -> str:
-        """The client id of the agent this tool acts for."""
-        if self._binding.client_id is not None:
-            return self._binding.client_id
-        return self.broker.client_id
+    def client_id(self) -> str | None:
+        """The client id of the agent this tool acts for (None: your broker's default agent)."""
+        return self._binding.agent_id()
 
     @property
     def settings(self) -> AuthSecSettings:

@@ -208,11 +208,10 @@ async def test_async_tools_of_two_agents_call_as_themselves(crew_server: MockSer
     assert '"insufficient_scope"' in results["analyst", "metrics"]
     assert '"insufficient_scope"' in results["writer", "records"]
     counts = crew_server.agent_counts
-    assert _token_requests(crew_server) == {
-        (member.client_id, f"read:{resource}"): 1
-        for member in DEMO_AGENTS
-        for resource in ("records", "metrics")
-    }
+    asked = _token_requests(crew_server)
+    for member in DEMO_AGENTS:  # once per agent and granted scope; a refused one at most once
+        assert asked[member.client_id, member.grants[0]] == 1
+    assert set(asked.values()) == {1}
     assert counts[ANALYST.client_id, RECORDS] == counts[WRITER.client_id, METRICS] == 20
     assert counts[ANALYST.client_id, METRICS] == counts[WRITER.client_id, RECORDS] == 0
 

@@ -114,8 +114,11 @@ def test_tools_configured_alike_share_one_broker() -> None:
         settings=mock_settings(client_id="0b4c1a7e-1d1a-4f3e-9a51-2f7c7c7d6a10")
     )
     assert a.broker is b.broker is narrower.broker  # per-tool policy does not split the cache
-    assert other_agent.broker is not a.broker
-    assert a.broker.client_id == DEMO_CLIENT_ID
+    assert other_agent.broker is a.broker  # one broker serves every agent...
+    assert (a.client_id, other_agent.client_id) == (  # ...each tool acting as its own
+        DEMO_CLIENT_ID,
+        "0b4c1a7e-1d1a-4f3e-9a51-2f7c7c7d6a10",
+    )
     copy = a.model_copy()  # (deep copies of any crewai BaseTool fail on its own lock)
     assert copy.broker is a.broker
 
