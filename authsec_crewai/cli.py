@@ -303,8 +303,8 @@ def serve_mock(
     try:
         import uvicorn
 
-        from .authority import DEFAULT_PERMISSIONS, MockAuthority
-        from .mockserver import create_app
+        from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
+        from .testing.mockserver import create_app
     except ImportError as exc:
         raise CommandFailed(
             f"serve-mock needs starlette and uvicorn ({exc.name} is missing): "

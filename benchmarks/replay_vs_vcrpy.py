@@ -39,9 +39,9 @@ import anyio
 import httpx
 import structlog
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import create_app
+from authsec_crewai.testing.authority import MockAuthority
+from authsec_crewai.testing.loopback import LoopbackServer
+from authsec_crewai.testing.mockserver import create_app
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.live import LiveTransport
 from authsec_crewai.transports.replay import RecordingTransport, ReplayTransport

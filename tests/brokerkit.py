@@ -11,8 +11,8 @@ import anyio
 import httpx
 from joserfc.jwk import RSAKey
 
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
+from authsec_crewai.testing.authority import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.base import KeySet
 from authsec_crewai.transports.mock import MockTransport

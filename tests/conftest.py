@@ -33,8 +33,8 @@ from collections.abc import Iterator  # noqa: E402
 from _server import LoopbackServer, MockServer  # noqa: E402
 from joserfc.jwk import RSAKey  # noqa: E402
 
-from authsec_crewai.authority import MockAuthority  # noqa: E402
-from authsec_crewai.mockserver import MockFaults, create_app  # noqa: E402
+from authsec_crewai.testing.authority import MockAuthority  # noqa: E402
+from authsec_crewai.testing.mockserver import MockFaults, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from cassettekit import API_TOKEN, UNSAFE_DIR, problems_in, scan_written_cassett
 from click.testing import CliRunner
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.cassette import (
     FORMAT,
     MARKER,
@@ -35,6 +34,7 @@ from authsec_crewai.cassette import (
     write_atomic,
 )
 from authsec_crewai.cli import main
+from authsec_crewai.testing.authority import MockAuthority
 from authsec_crewai.wire import error_for_status
 
 CLIENT = "00000000-0000-4000-8000-000000000001"

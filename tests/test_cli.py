@@ -17,7 +17,7 @@ from _server import MockServer
 from click.testing import CliRunner, Result
 
 from authsec_crewai.cli import main
-from authsec_crewai.mockserver import TOKEN_PATH
+from authsec_crewai.testing.mockserver import TOKEN_PATH
 
 
 @pytest.fixture(autouse=True)

@@ -37,9 +37,9 @@ from authsec_crewai.fetch import (
     render_result,
     validate_endpoint,
 )
-from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.redact import fingerprint
 from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings, build_broker
+from authsec_crewai.testing.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.transports.mock import MockTransport
 
 RECORDS = "/secure-vault/records"

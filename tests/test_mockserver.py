@@ -15,8 +15,8 @@ from _server import MockServer
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.mockserver import (
+from authsec_crewai.testing.authority import MockAuthority
+from authsec_crewai.testing.mockserver import (
     BUNDLE_PATH,
     TOKEN_PATH,
     VAULT_RESOURCES,

@@ -187,7 +187,7 @@ def test_the_network_is_blocked_while_replaying(pytester: pytest.Pytester) -> No
         + """
 import socket
 
-from authsec_crewai.pytest_plugin import AuthSecCassetteWarning
+from authsec_crewai.testing.pytest_plugin import AuthSecCassetteWarning
 
 
 @pytest.mark.authsec_cassette("net")
@@ -344,7 +344,7 @@ async def test_param(n, authsec_broker, authsec_transport, authsec_cassette):
 
 def test_importing_the_plugin_stays_light() -> None:
     code = (
-        "import sys, authsec_crewai.pytest_plugin\n"
+        "import sys, authsec_crewai.testing.pytest_plugin\n"
         "print([m for m in ('crewai', 'httpx', 'authsec_crewai.broker', 'structlog', "
         "'authsec_crewai.transports.replay') if m in sys.modules])"
     )
@@ -358,4 +358,4 @@ def test_the_plugin_is_registered_as_an_entry_point() -> None:
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group="pytest11") if ep.name == "authsec_crewai"]
-    assert [ep.value for ep in found] == ["authsec_crewai.pytest_plugin"]
+    assert [ep.value for ep in found] == ["authsec_crewai.testing.pytest_plugin"]

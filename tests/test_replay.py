@@ -24,14 +24,14 @@ from structlog.testing import capture_logs
 
 from authsec_crewai import errors
 from authsec_crewai import settings as settings_module
-from authsec_crewai._netguard import NetworkBlockedError, block_network
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.cassette import load
 from authsec_crewai.cli import main
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import create_app
 from authsec_crewai.settings import AuthSecSettings, build_broker, build_transport
+from authsec_crewai.testing._netguard import NetworkBlockedError, block_network
+from authsec_crewai.testing.authority import MockAuthority
+from authsec_crewai.testing.loopback import LoopbackServer
+from authsec_crewai.testing.mockserver import create_app
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.base import KeySet
 from authsec_crewai.transports.live import LiveTransport

@@ -31,13 +31,13 @@ from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: 
 from joserfc.jwk import RSAKey  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from authsec_crewai._netguard import block_network  # noqa: E402
-from authsec_crewai.authority import MockAuthority  # noqa: E402
 from authsec_crewai.cassette import load  # noqa: E402
 from authsec_crewai.demo import ScriptedVaultLLM, build_demo_crew, observed_results  # noqa: E402
-from authsec_crewai.loopback import LoopbackServer  # noqa: E402
-from authsec_crewai.mockserver import create_app  # noqa: E402
 from authsec_crewai.settings import AuthSecSettings  # noqa: E402
+from authsec_crewai.testing._netguard import block_network  # noqa: E402
+from authsec_crewai.testing.authority import MockAuthority  # noqa: E402
+from authsec_crewai.testing.loopback import LoopbackServer  # noqa: E402
+from authsec_crewai.testing.mockserver import create_app  # noqa: E402
 from authsec_crewai.tools import AuthSecSecureFetchTool, close_shared_brokers  # noqa: E402
 from authsec_crewai.transports.live import LiveTransport  # noqa: E402
 from authsec_crewai.transports.replay import RecordingTransport  # noqa: E402

@@ -26,7 +26,7 @@ from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
+from authsec_crewai.testing.authority import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.base import KeySet
 from authsec_crewai.transports.mock import MockTransport

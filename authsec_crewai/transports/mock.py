@@ -1,6 +1,6 @@
 """``MockTransport``: real RS256 tokens minted in process, with fault knobs.
 
-Tokens come from a :class:`~authsec_crewai.authority.MockAuthority` and pass
+Tokens come from a :class:`~authsec_crewai.testing.authority.MockAuthority` and pass
 through the same parser as the live transport's, so code tested against the
 mock reads exactly what production reads. API calls go through the mock
 server app in process (``httpx.ASGITransport``), no socket needed.
@@ -18,7 +18,7 @@ import anyio
 import httpx
 
 from .. import errors
-from ..authority import DEFAULT_PERMISSIONS, MockAuthority
+from ..testing.authority import DEFAULT_PERMISSIONS, MockAuthority
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
 from .base import KeySet, TransportInfo
@@ -115,7 +115,7 @@ class MockTransport:
 
     def api(self) -> httpx.AsyncBaseTransport:
         if self._api is None:
-            from ..mockserver import create_app
+            from ..testing.mockserver import create_app
 
             self._api = httpx.ASGITransport(app=create_app(self.authority))
         return self._api

@@ -31,7 +31,7 @@ re-records a whole suite; when it overrides a marker that says otherwise, the
 test gets an :class:`AuthSecCassetteWarning` naming both (never silent).
 
 While a cassette is only replayed, the network is blocked for the test (see
-:mod:`authsec_crewai._netguard`: any TCP connect or host lookup fails, loopback
+:mod:`authsec_crewai.testing._netguard`: any TCP connect or host lookup fails, loopback
 included); pass ``block_network=False`` in the marker to allow it.
 
 Fixtures: ``authsec_cassette`` (where and how), ``authsec_transport`` (a
@@ -55,14 +55,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pytest
 
-from .cassette import RECORD_MODES, RecordMode
-from .errors import AuthSecError, CassetteError
+from ..cassette import RECORD_MODES, RecordMode
+from ..errors import AuthSecError, CassetteError
 
 if TYPE_CHECKING:
-    from .broker import TokenBroker
-    from .settings import AuthSecSettings
-    from .transports.base import Transport
-    from .transports.replay import RecordingTransport, ReplayTransport
+    from ..broker import TokenBroker
+    from ..settings import AuthSecSettings
+    from ..transports.base import Transport
+    from ..transports.replay import RecordingTransport, ReplayTransport
 
 __all__ = ["AuthSecCassetteWarning", "CassetteSpec", "block_network"]
 
@@ -112,7 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}(name=None, *, record_mode=None, allow_playback_repeats=True, "
         "strict_unused=False, block_network=True): record this test's AuthSec session "
-        "to cassettes/<module>/<name>.json, or replay it (see authsec_crewai.pytest_plugin)",
+        "to cassettes/<module>/<name>.json, or replay it "
+        "(see authsec_crewai.testing.pytest_plugin)",
     )
     ini = str(config.getini("authsec_record_mode")).strip()
     if ini not in RECORD_MODES:
@@ -249,7 +250,7 @@ def authsec_cassette_options() -> dict[str, Any]:
 @pytest.fixture
 def authsec_settings() -> AuthSecSettings:
     """The settings fixtures build from: ``AuthSecSettings()`` (environment and ``.env``)."""
-    from .settings import AuthSecSettings
+    from ..settings import AuthSecSettings
 
     try:
         return AuthSecSettings()
@@ -262,7 +263,7 @@ def authsec_inner_transport(authsec_settings: AuthSecSettings) -> Transport:
     """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and the client
     id are set, else the mock. Only built when the test records."""
     if authsec_settings.base_url is not None and authsec_settings.client_id is not None:
-        from .transports.live import LiveTransport
+        from ..transports.live import LiveTransport
 
         return LiveTransport(
             authsec_settings.base_url,
@@ -270,7 +271,7 @@ def authsec_inner_transport(authsec_settings: AuthSecSettings) -> Transport:
             timeout=authsec_settings.timeout,
             retry_budget=authsec_settings.retry_budget,
         )
-    from .transports.mock import MockTransport
+    from ..transports.mock import MockTransport
 
     return MockTransport()
 
@@ -286,7 +287,7 @@ def authsec_transport(
     At teardown the cassette is written when recording, and with
     ``strict_unused=True`` unused interactions fail the test.
     """
-    from .transports.replay import RecordingTransport, ReplayTransport
+    from ..transports.replay import RecordingTransport, ReplayTransport
 
     spec = authsec_cassette
     options = dict(authsec_cassette_options)
@@ -357,8 +358,8 @@ def authsec_broker(
 ) -> TokenBroker:
     """A ``TokenBroker`` on the test's transport and the cassette's clock, not yet started:
     ``async with authsec_broker as broker: ...`` (closing it writes the cassette)."""
-    from .broker import TokenBroker
-    from .settings import DEMO_CLIENT_ID, refresh_policy
+    from ..broker import TokenBroker
+    from ..settings import DEMO_CLIENT_ID, refresh_policy
 
     client_id = (
         authsec_settings.client_id
@@ -385,9 +386,9 @@ def authsec_tool(
 
     Its shared broker is closed at teardown, which writes the cassette.
     """
-    from .fetch import MOCK_API_ORIGIN
-    from .settings import DEMO_CLIENT_ID
-    from .tools import AuthSecSecureFetchTool, close_shared_brokers
+    from ..fetch import MOCK_API_ORIGIN
+    from ..settings import DEMO_CLIENT_ID
+    from ..tools import AuthSecSecureFetchTool, close_shared_brokers
 
     settings = authsec_settings
     # The same client id as authsec_broker's. And replay does not match hosts, but

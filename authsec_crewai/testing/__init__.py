@@ -1,0 +1,1 @@
+"""Test doubles for authsec-crewai: what test suites import."""
