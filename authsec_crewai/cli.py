@@ -377,7 +377,7 @@ def record(output: Path, command: tuple[str, ...]) -> None:
     import os
     import subprocess
 
-    from .cassette import load
+    from .cassettes import load
     from .settings import AuthSecSettings
 
     try:
@@ -427,7 +427,7 @@ def cassette_show(file: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .cassette import describe, iso_utc, load
+    from .cassettes import describe, iso_utc, load
 
     recorded = load(file)
     settings = recorded.settings
@@ -456,7 +456,7 @@ def cassette_show(file: Path) -> None:
 
 def _answer_summary(item: dict[str, Any]) -> str:
     """One cell: the status / token facts / error of an interaction."""
-    from .cassette import decode_body
+    from .cassettes import decode_body
 
     if "error" in item:
         error = item["error"]
@@ -504,7 +504,7 @@ def cassette_verify(files: tuple[Path, ...], secrets: tuple[str, ...]) -> None:
     """
     import os
 
-    from .cassette import find_secrets, load
+    from .cassettes import find_secrets, load
 
     checked = [*secrets, os.environ.get("AUTHSEC_API_TOKEN")]
     failed = False

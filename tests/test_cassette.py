@@ -15,7 +15,7 @@ from cassettekit import API_TOKEN, UNSAFE_DIR, problems_in, scan_written_cassett
 from click.testing import CliRunner
 
 from authsec_crewai import errors
-from authsec_crewai.cassette import (
+from authsec_crewai.cassettes import (
     FORMAT,
     MARKER,
     VERSION,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cassettekit import problems_in, scan_written_cassettes  # noqa: F401
 
-from authsec_crewai.cassette import dumps, load, new_document
+from authsec_crewai.cassettes import dumps, load, new_document
 
 pytest_plugins = ["pytester"]
 

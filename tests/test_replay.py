@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from authsec_crewai import errors
 from authsec_crewai import settings as settings_module
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.cassette import load
+from authsec_crewai.cassettes import load
 from authsec_crewai.cli import main
 from authsec_crewai.settings import AuthSecSettings, build_broker, build_transport
 from authsec_crewai.testing._netguard import NetworkBlockedError, block_network

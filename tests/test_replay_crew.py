@@ -31,7 +31,7 @@ from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: 
 from joserfc.jwk import RSAKey  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from authsec_crewai.cassette import load  # noqa: E402
+from authsec_crewai.cassettes import load  # noqa: E402
 from authsec_crewai.demo import ScriptedVaultLLM, build_demo_crew, observed_results  # noqa: E402
 from authsec_crewai.settings import AuthSecSettings  # noqa: E402
 from authsec_crewai.testing._netguard import block_network  # noqa: E402

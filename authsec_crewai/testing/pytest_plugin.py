@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pytest
 
-from ..cassette import RECORD_MODES, RecordMode
+from ..cassettes import RECORD_MODES, RecordMode
 from ..errors import AuthSecError, CassetteError
 
 if TYPE_CHECKING:

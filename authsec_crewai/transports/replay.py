@@ -5,7 +5,7 @@ Both speak the :class:`~authsec_crewai.transports.base.Transport` protocol, on
 both channels: tokens and key sets through ``fetch_token`` / ``fetch_key_set``,
 protected-API calls through the httpx transport that ``api()`` returns. The
 file format, its redaction and request matching live in
-:mod:`authsec_crewai.cassette`.
+:mod:`authsec_crewai.cassettes`.
 
 Why replaying tokens works at all: a recorded token has long expired by the
 time a test suite replays it, and its signature was removed before it was
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import httpx
 
-from .. import cassette as fmt
+from .. import cassettes as fmt
 from .. import errors
-from ..cassette import Interaction, RecordMode, Scrubber, ScrubHook
+from ..cassettes import Interaction, RecordMode, Scrubber, ScrubHook
 from ..logging import get_logger
 from ..wire import parse_token_body
 from .base import TransportInfo

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from . import errors
-from .redact import JWT_PATTERN, fingerprint
+from .. import errors
+from ..redact import JWT_PATTERN, fingerprint
 
 __all__ = [
     "FORMAT",
@@ -421,7 +421,7 @@ def new_document(
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A cassette document, keys in reading order (not sorted: the header first)."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": FORMAT,
