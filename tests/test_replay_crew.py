@@ -39,8 +39,8 @@ from authsec_crewai.testing.authority import MockAuthority  # noqa: E402
 from authsec_crewai.testing.loopback import LoopbackServer  # noqa: E402
 from authsec_crewai.testing.mockserver import create_app  # noqa: E402
 from authsec_crewai.tools import AuthSecSecureFetchTool, close_shared_brokers  # noqa: E402
+from authsec_crewai.transports import RecordingTransport  # noqa: E402
 from authsec_crewai.transports.live import LiveTransport  # noqa: E402
-from authsec_crewai.transports.replay import RecordingTransport  # noqa: E402
 
 pytestmark = [pytest.mark.crew, pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai")]
 pytest_plugins = ["pytester"]

@@ -558,11 +558,14 @@ def test_record_and_replay_light_up_when_the_module_exists(
         def __init__(self, inner: Any, cassette: Path, **options: Any) -> None:
             self.inner, self.cassette = inner, cassette
 
+    def open_cassette_transport(inner: Any, cassette: Path, **options: Any) -> RecordingTransport:
+        return RecordingTransport(inner, cassette, **options)
+
     class ReplayTransport:
         def __init__(self, cassette: Path) -> None:
             self.cassette = cassette
 
-    fake.RecordingTransport = RecordingTransport  # type: ignore[attr-defined]
+    fake.open_cassette_transport = open_cassette_transport  # type: ignore[attr-defined]
     fake.ReplayTransport = ReplayTransport  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, name, fake)
     base = {"base_url": "https://authsec.example.com", "client_id": CLIENT, "cassette": "c.json"}

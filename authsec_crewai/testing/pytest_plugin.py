@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     from ..broker import TokenBroker
     from ..settings import AuthSecSettings
     from ..transports.base import Transport
-    from ..transports.replay import RecordingTransport, ReplayTransport
+    from ..transports.record import RecordingTransport
+    from ..transports.replay import ReplayTransport
 
 __all__ = ["AuthSecCassetteWarning", "CassetteSpec", "block_network"]
 
@@ -287,7 +288,7 @@ def authsec_transport(
     At teardown the cassette is written when recording, and with
     ``strict_unused=True`` unused interactions fail the test.
     """
-    from ..transports.replay import RecordingTransport, ReplayTransport
+    from ..transports.replay import ReplayTransport, open_cassette_transport
 
     spec = authsec_cassette
     options = dict(authsec_cassette_options)
@@ -297,41 +298,32 @@ def authsec_transport(
             f"authsec_cassette_options has unknown key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(_OPTION_KEYS))}"
         )
+    if spec.replay_only and not spec.path.exists():
+        _fail(
+            f"cassette {spec.path} does not exist, and the record mode is 'none' "
+            f"(from {spec.record_mode_source}); record it with --authsec-record-mode=once"
+        )
     transport: ReplayTransport | RecordingTransport
     with ExitStack() as stack:
         try:
-            if spec.replay_only:
-                if not spec.path.exists():
-                    _fail(
-                        f"cassette {spec.path} does not exist, and the record mode is 'none' "
-                        f"(from {spec.record_mode_source}); record it with "
-                        "--authsec-record-mode=once"
+            transport = open_cassette_transport(
+                # Built only when something is recorded.
+                lambda: cast("Transport", request.getfixturevalue("authsec_inner_transport")),
+                spec.path,
+                record_mode=spec.record_mode,
+                allow_playback_repeats=spec.allow_playback_repeats,
+                strict_unused=spec.strict_unused,
+                **options,
+            )
+            if isinstance(transport, ReplayTransport) and spec.block_network:
+                attempts = stack.enter_context(
+                    block_network(
+                        f"the network is blocked while {request.node.nodeid} replays "
+                        f"{spec.path.name} (@pytest.mark.{MARKER}(block_network=False) "
+                        "allows it)"
                     )
-                transport = ReplayTransport(
-                    spec.path,
-                    allow_playback_repeats=spec.allow_playback_repeats,
-                    strict_unused=spec.strict_unused,
-                    placeholders=options.get("placeholders"),
                 )
-                if spec.block_network:
-                    attempts = stack.enter_context(
-                        block_network(
-                            f"the network is blocked while {request.node.nodeid} replays "
-                            f"{spec.path.name} (@pytest.mark.{MARKER}(block_network=False) "
-                            "allows it)"
-                        )
-                    )
-                    stack.callback(_report_attempts, request, attempts)
-            else:
-                inner = request.getfixturevalue("authsec_inner_transport")
-                transport = RecordingTransport(
-                    inner,
-                    spec.path,
-                    record_mode=spec.record_mode,
-                    allow_playback_repeats=spec.allow_playback_repeats,
-                    strict_unused=spec.strict_unused,
-                    **options,
-                )
+                stack.callback(_report_attempts, request, attempts)
         except CassetteError as exc:
             _fail(str(exc))
         yield transport
@@ -361,11 +353,7 @@ def authsec_broker(
     from ..broker import TokenBroker
     from ..settings import DEMO_CLIENT_ID, refresh_policy
 
-    client_id = (
-        authsec_settings.client_id
-        or getattr(authsec_transport, "client_id", None)
-        or DEMO_CLIENT_ID
-    )
+    client_id = authsec_settings.client_id or authsec_transport.info.client_id or DEMO_CLIENT_ID
     return TokenBroker(
         authsec_transport,
         client_id=client_id,
@@ -394,8 +382,8 @@ def authsec_tool(
     # The same client id as authsec_broker's. And replay does not match hosts, but
     # the path prefix must be the recorded one; a recording of the mock has no
     # origin of its own.
-    recorded_client = getattr(authsec_transport, "client_id", None)
-    recorded_api = getattr(authsec_transport, "api_base_url", None)
+    recorded_client = authsec_transport.info.client_id
+    recorded_api = authsec_transport.info.api_base_url
     update: dict[str, Any] = {
         "client_id": settings.client_id or recorded_client or DEMO_CLIENT_ID,
         "api_base_url": settings.api_base_url or recorded_api or MOCK_API_ORIGIN,

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from .base import KeySet, Transport, TransportInfo
     from .live import LiveTransport
     from .mock import MockTransport
-    from .replay import RecordingTransport, ReplayTransport
+    from .record import RecordingTransport
+    from .replay import ReplayTransport, open_cassette_transport
 
 __all__ = [
     "KeySet",
@@ -23,6 +24,7 @@ __all__ = [
     "ReplayTransport",
     "Transport",
     "TransportInfo",
+    "open_cassette_transport",
 ]
 
 _WHERE = {
@@ -31,8 +33,9 @@ _WHERE = {
     "TransportInfo": ".base",
     "LiveTransport": ".live",
     "MockTransport": ".mock",
-    "RecordingTransport": ".replay",
+    "RecordingTransport": ".record",
     "ReplayTransport": ".replay",
+    "open_cassette_transport": ".replay",
 }
 
 
