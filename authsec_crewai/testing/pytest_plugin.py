@@ -31,7 +31,7 @@ re-records a whole suite; when it overrides a marker that says otherwise, the
 test gets an :class:`AuthSecCassetteWarning` naming both (never silent).
 
 While a cassette is only replayed, the network is blocked for the test (see
-:mod:`authsec_crewai.testing._netguard`: any TCP connect or host lookup fails, loopback
+:func:`authsec_crewai.testing.block_network`: any TCP connect or host lookup fails, loopback
 included); pass ``block_network=False`` in the marker to allow it.
 
 Fixtures: ``authsec_cassette`` (where and how), ``authsec_transport`` (a
@@ -65,10 +65,10 @@ if TYPE_CHECKING:
     from ..transports.record import RecordingTransport
     from ..transports.replay import ReplayTransport
 
-__all__ = ["AuthSecCassetteWarning", "CassetteSpec", "block_network"]
+__all__ = ["AuthSecCassetteWarning", "CassetteSpec"]
 
-MARKER = "authsec_cassette"
-_MARKER_OPTIONS = frozenset(
+CASSETTE_MARKER = "authsec_cassette"
+_CASSETTE_MARKER_OPTIONS = frozenset(
     {"record_mode", "allow_playback_repeats", "strict_unused", "block_network"}
 )
 _OPTION_KEYS = frozenset({"placeholders", "scrub", "secrets", "metadata"})
@@ -77,13 +77,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 
 class AuthSecCassetteWarning(pytest.PytestWarning):
     """The command line's record mode overrode a marker's."""
-
-
-def block_network(reason: str = "the network is blocked in this test") -> Any:
-    """Block every real network connection in a ``with`` block (see ``_netguard``)."""
-    from ._netguard import block_network as guard
-
-    return guard(reason)
 
 
 # --- options and marker ---------------------------------------------------------------------
@@ -111,7 +104,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(name=None, *, record_mode=None, allow_playback_repeats=True, "
+        f"{CASSETTE_MARKER}(name=None, *, record_mode=None, allow_playback_repeats=True, "
         "strict_unused=False, block_network=True): record this test's AuthSec session "
         "to cassettes/<module>/<name>.json, or replay it "
         "(see authsec_crewai.testing.pytest_plugin)",
@@ -155,7 +148,7 @@ class CassetteSpec:
 
 def _fail(message: str) -> NoReturn:
     """Fail the test with one line and no traceback: these are usage errors."""
-    pytest.fail(f"{MARKER}: {message}", pytrace=False)
+    pytest.fail(f"{CASSETTE_MARKER}: {message}", pytrace=False)
 
 
 def _default_name(node_name: str) -> str:
@@ -163,14 +156,14 @@ def _default_name(node_name: str) -> str:
 
 
 def _resolve(request: pytest.FixtureRequest, directory: Path) -> CassetteSpec:
-    marker = request.node.get_closest_marker(MARKER)
+    marker = request.node.get_closest_marker(CASSETTE_MARKER)
     args: tuple[Any, ...] = marker.args if marker is not None else ()
     kwargs: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
-    unknown = sorted(set(kwargs) - _MARKER_OPTIONS - {"name"})
+    unknown = sorted(set(kwargs) - _CASSETTE_MARKER_OPTIONS - {"name"})
     if unknown:
         _fail(
             f"unknown option(s) {', '.join(unknown)}; the marker takes a name and "
-            f"{', '.join(sorted(_MARKER_OPTIONS))}"
+            f"{', '.join(sorted(_CASSETTE_MARKER_OPTIONS))}"
         )
     if len(args) > 1 or (args and "name" in kwargs):
         _fail("give the cassette one name, e.g. @pytest.mark.authsec_cassette('vault')")
@@ -198,7 +191,7 @@ def _resolve(request: pytest.FixtureRequest, directory: Path) -> CassetteSpec:
             request.node.warn(
                 AuthSecCassetteWarning(
                     f"--authsec-record-mode={cli_mode} overrides this test's "
-                    f"@pytest.mark.{MARKER}(record_mode={marker_mode!r})"
+                    f"@pytest.mark.{CASSETTE_MARKER}(record_mode={marker_mode!r})"
                 )
             )
     elif marker_mode is not None:
@@ -289,6 +282,7 @@ def authsec_transport(
     ``strict_unused=True`` unused interactions fail the test.
     """
     from ..transports.replay import ReplayTransport, open_cassette_transport
+    from ._netguard import block_network
 
     spec = authsec_cassette
     options = dict(authsec_cassette_options)
@@ -319,7 +313,7 @@ def authsec_transport(
                 attempts = stack.enter_context(
                     block_network(
                         f"the network is blocked while {request.node.nodeid} replays "
-                        f"{spec.path.name} (@pytest.mark.{MARKER}(block_network=False) "
+                        f"{spec.path.name} (@pytest.mark.{CASSETTE_MARKER}(block_network=False) "
                         "allows it)"
                     )
                 )

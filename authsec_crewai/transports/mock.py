@@ -23,20 +23,20 @@ from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
 from .base import KeySet, TransportInfo
 
-__all__ = ["Fault", "MockTransport"]
+__all__ = ["MockTransport", "TokenFault"]
 
-Fault = int | Literal["timeout"]
+TokenFault = int | Literal["timeout"]
 """An injected failure: an HTTP status code the server would answer, or a timeout."""
 
 
 @dataclass
 class _FaultPlan:
-    queued: list[Fault] = field(default_factory=list)
+    queued: list[TokenFault] = field(default_factory=list)
     rate: float = 0.0
-    rate_fault: Fault = 500
+    rate_fault: TokenFault = 500
     rng: random.Random = field(default_factory=random.Random)
 
-    def next(self) -> Fault | None:
+    def next(self) -> TokenFault | None:
         if self.queued:
             return self.queued.pop(0)
         if self.rate and self.rng.random() < self.rate:
@@ -83,11 +83,11 @@ class MockTransport:
 
     # --- knobs ---------------------------------------------------------------------
 
-    def fail_next(self, count: int = 1, fault: Fault = 500) -> None:
+    def fail_next(self, count: int = 1, fault: TokenFault = 500) -> None:
         """Make the next ``count`` token fetches fail with ``fault``."""
         self._faults.queued.extend([fault] * count)
 
-    def fail_rate(self, rate: float, fault: Fault = 500) -> None:
+    def fail_rate(self, rate: float, fault: TokenFault = 500) -> None:
         """Make each token fetch fail with probability ``rate`` (0 turns it off)."""
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
