@@ -34,7 +34,7 @@ from authsec_crewai.cassettes import (
     write_atomic,
 )
 from authsec_crewai.cli import main
-from authsec_crewai.testing.authority import MockAuthority
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.wire import error_for_status
 
 CLIENT = "00000000-0000-4000-8000-000000000001"

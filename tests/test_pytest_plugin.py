@@ -4,7 +4,6 @@ it from its ``pytest11`` entry point."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -56,12 +55,11 @@ async def test_records(authsec_broker, authsec_transport, authsec_cassette):
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    """No AUTHSEC_* settings from this machine; inner runs without pytest-asyncio (its
-    configuration warning would otherwise surface in this run's summary)."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
+def clean_environment(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, clean_env: None
+) -> None:
+    """A clean AUTHSEC_* environment (``clean_env``); inner runs without pytest-asyncio
+    (its configuration warning would otherwise surface in this run's summary)."""
     if "pytester" in request.fixturenames:
         request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS: set ours after
         monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:cacheprovider")
@@ -187,7 +185,7 @@ def test_the_network_is_blocked_while_replaying(pytester: pytest.Pytester) -> No
         + """
 import socket
 
-from authsec_crewai.testing.pytest_plugin import AuthSecCassetteWarning
+from authsec_crewai.testing import AuthSecCassetteWarning
 
 
 @pytest.mark.authsec_cassette("net")

@@ -23,25 +23,27 @@ from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai import settings as settings_module
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.cassettes import load
 from authsec_crewai.cli import main
 from authsec_crewai.settings import AuthSecSettings, build_broker, build_transport
-from authsec_crewai.testing._netguard import NetworkBlockedError, block_network
-from authsec_crewai.testing.authority import MockAuthority
-from authsec_crewai.testing.loopback import LoopbackServer
-from authsec_crewai.testing.mockserver import create_app
+from authsec_crewai.testing import (
+    LoopbackServer,
+    MockAuthority,
+    NetworkBlockedError,
+    block_network,
+    create_app,
+)
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports import (
     KeySet,
+    LiveTransport,
+    MockTransport,
     RecordingTransport,
     ReplayTransport,
     TransportInfo,
     open_cassette_transport,
 )
-from authsec_crewai.transports.live import LiveTransport
-from authsec_crewai.transports.mock import MockTransport
 from authsec_crewai.verify import TokenVerifier
 
 HOUR = 3600.0
@@ -52,16 +54,7 @@ def an_hour_ago() -> float:
     return time.time() - HOUR
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AUTHSEC_* variable or .env from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
-    )
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _bearer(token: DelegationToken) -> dict[str, str]:

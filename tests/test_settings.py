@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import structlog
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai import settings as settings_module
 from authsec_crewai.settings import (
     DEMO_CLIENT_ID,
     AuthSecSettings,
@@ -38,15 +36,8 @@ FAKE_JWT = (
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AUTHSEC_* variable and no .env leaks in from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
-    )
+def default_logging(clean_env: None) -> None:
+    """A clean AUTHSEC_* environment (``clean_env``) and structlog's defaults."""
     structlog.reset_defaults()
 
 
