@@ -211,21 +211,15 @@ def _loopback(host: str) -> bool:
 def _bind(host: str, port: int) -> socket.socket:
     """Bind before starting uvicorn: to learn the real port of ``--port 0`` and to
     report a busy port as one line rather than a uvicorn traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
-    # when the listening socket says TCP, and without it keep-alive requests stall.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    from .testing.loopback import listening_socket
+
     try:
-        sock.bind((host, port))
-        sock.listen(128)  # from here on connections queue, so the banner is never early
+        return listening_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise CommandFailed(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
             "choose another --port (0 picks a free one)"
         ) from None
-    return sock
 
 
 @main.command("serve-mock")

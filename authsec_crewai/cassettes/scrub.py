@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from ..redact import JWT_PATTERN, fingerprint
+from ..redact import BEARER_PATTERN, JWT_PATTERN, fingerprint
 
 __all__ = [
     "NEVER_STORED_HEADERS",
@@ -56,8 +56,6 @@ _VOLATILE_HEADERS: Final = frozenset(
 )
 """Dropped because they change on every run (noise in diffs) or are recomputed
 on replay; ``content-encoding`` is dropped too because bodies are stored decoded."""
-
-_BEARER = re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9._~+/=-]{8,})")
 
 
 def _b64url_decode(segment: str) -> bytes:
@@ -135,7 +133,7 @@ class Scrubber:
         if "eyJ" in text:
             text = JWT_PATTERN.sub(self._redact_jwt, text)
         if "earer" in text or "EARER" in text:
-            text = _BEARER.sub(self._redact_bearer, text)
+            text = BEARER_PATTERN.sub(self._redact_bearer, text)
         return _replace_all(text, self._secret_pairs)
 
     def _redact_jwt(self, match: re.Match[str]) -> str:
@@ -248,7 +246,7 @@ def _text_findings(text: str, where: str, secrets: frozenset[str]) -> list[str]:
         signature = match.group(0).rsplit(".", 1)[1]
         if signature and signature != REDACTION_MARKER:
             found.append(f"{where}: a JWT with its signature (jwt:{fingerprint(match.group(0))})")
-    for match in _BEARER.finditer(text):
+    for match in BEARER_PATTERN.finditer(text):
         credential = match.group(2)
         if credential != REDACTION_MARKER and not credential.endswith("." + REDACTION_MARKER):
             found.append(f"{where}: a bearer credential")
