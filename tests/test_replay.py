@@ -602,14 +602,29 @@ async def test_settings_record_then_replay(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
     async with build_broker(AuthSecSettings(mode="record", cassette=path)) as broker:
         recorded = await broker.token("read:records")
-    replay_settings = AuthSecSettings(mode="replay", cassette=path)
-    broker = build_broker(replay_settings)
-    transport = broker.transport
-    assert isinstance(transport, ReplayTransport)
-    assert broker._clock == transport.clock
+    broker = build_broker(AuthSecSettings(mode="replay", cassette=path))
+    assert isinstance(broker.transport, ReplayTransport)
     async with broker:
         replayed = await broker.token("read:records")
     assert replayed.jti == recorded.jti and replayed.client_id == recorded.client_id
+
+
+@pytest.mark.anyio
+async def test_settings_replay_runs_on_the_cassettes_clock(
+    tmp_path: Path, stale_authority: MockAuthority, client_id: str
+) -> None:
+    """Recorded an hour ago with 30-minute tokens: only a broker on the cassette's
+    clock accepts them (on wall time they expired long ago)."""
+    path = tmp_path / "old.json"
+    recording = RecordingTransport(
+        MockTransport(authority=stale_authority), path, clock=an_hour_ago
+    )
+    recorded = await recording.fetch_token(TokenRequest.create(client_id, "read:records"))
+    await recording.aclose()
+    assert recorded.expires_at.timestamp() < time.time()
+    async with build_broker(AuthSecSettings(mode="replay", cassette=path)) as broker:
+        replayed = await broker.token("read:records")
+    assert replayed.jti == recorded.jti
 
 
 def test_authsec_crewai_record_runs_a_command_and_replay_reproduces_it(tmp_path: Path) -> None:
