@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import httpx
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_RECORDED_BODY_BYTES", "RecordingTransport"]
 
 _log = get_logger("authsec_crewai.transports.record")
+
+_T = TypeVar("_T")
 
 MAX_RECORDED_BODY_BYTES: Final = 16 * 1024 * 1024
 """An API answer larger than this is not recorded (a cassette is not a file store)."""
@@ -297,48 +299,43 @@ class RecordingTransport:
     async def fetch_token(self, request: TokenRequest) -> DelegationToken:
         session = self._live_session()
         record = token_request(request, self._scrubber)
-        offset = session.offset()
         with session.lock:
             session.audiences.update(record["audience"])
-        try:
-            token = await self.inner.fetch_token(request)
-        except errors.AuthSecError as exc:
-            self._keep(
-                {
-                    "kind": "token",
-                    "offset": offset,
-                    "request": record,
-                    "error": fmt.error_record(exc, self._scrubber),
-                }
-            )
-            raise
-        body = self._scrubber.value(token_body(token))
-        self._keep(
-            {"kind": "token", "offset": offset, "request": record, "response": {"body": body}}
+        return await self._record_call(
+            "token",
+            record,
+            lambda: self.inner.fetch_token(request),
+            lambda token: self._scrubber.value(token_body(token)),
         )
-        return token
 
     async def fetch_key_set(self, tenant_id: str | None) -> KeySet | None:
-        session = self._live_session()
         record = {"tenant_id": None if tenant_id is None else self._scrubber.text(tenant_id)}
-        offset = session.offset()
-        try:
-            key_set = await self.inner.fetch_key_set(tenant_id)
-        except errors.AuthSecError as exc:
-            self._keep(
-                {
-                    "kind": "key_set",
-                    "offset": offset,
-                    "request": record,
-                    "error": fmt.error_record(exc, self._scrubber),
-                }
-            )
-            raise
-        body = None if key_set is None else self._scrubber.value(key_set)
-        self._keep(
-            {"kind": "key_set", "offset": offset, "request": record, "response": {"body": body}}
+        return await self._record_call(
+            "key_set",
+            record,
+            lambda: self.inner.fetch_key_set(tenant_id),
+            lambda key_set: None if key_set is None else self._scrubber.value(key_set),
         )
-        return key_set
+
+    async def _record_call(
+        self,
+        kind: str,
+        record: dict[str, Any],
+        call: Callable[[], Awaitable[_T]],
+        body: Callable[[_T], Any],
+    ) -> _T:
+        """Await a token-channel ``call`` and keep its answer (as ``body``) or its typed
+        error, at the offset when it was asked."""
+        offset = self._live_session().offset()
+        try:
+            result = await call()
+        except errors.AuthSecError as exc:
+            error = fmt.error_record(exc, self._scrubber)
+            self._keep({"kind": kind, "offset": offset, "request": record, "error": error})
+            raise
+        answer = {"body": body(result)}
+        self._keep({"kind": kind, "offset": offset, "request": record, "response": answer})
+        return result
 
     def api(self) -> httpx.AsyncBaseTransport:
         if self._api is None:
