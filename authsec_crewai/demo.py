@@ -32,8 +32,8 @@ from crewai.crews.crew_output import CrewOutput
 from pydantic import Field
 
 from . import errors
-from .authority import MockAuthority
 from .settings import AuthSecSettings
+from .testing.authority import MockAuthority
 from .tools import DEFAULT_TOOL_NAME, AuthSecSecureFetchTool, assign_identities
 from .transports.mock import MockTransport
 

@@ -22,12 +22,11 @@ from joserfc.jwk import RSAKey
 
 from authsec_crewai import errors
 from authsec_crewai import settings as settings_module
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.mockserver import ADMIN_PREFIX, TOKEN_PATH, MockFaults, create_app
 from authsec_crewai.settings import AuthSecSettings, role_key
+from authsec_crewai.testing import TOKEN_PATH, MockAuthority, MockFaults, create_app
+from authsec_crewai.testing.mockserver import ADMIN_PREFIX
 from authsec_crewai.token import TokenRequest
-from authsec_crewai.transports.live import LiveTransport
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import LiveTransport, MockTransport
 
 ANALYST = "a1a1a1a1-0000-4000-8000-00000000a001"
 WRITER = "b2b2b2b2-0000-4000-8000-00000000b002"

@@ -25,16 +25,15 @@ from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fix
 from joserfc.jwk import RSAKey
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.demo import DEMO_AGENTS, ScriptedVaultLLM, build_two_agent_crew
-from authsec_crewai.mockserver import TOKEN_PATH, MockFaults, create_app
 from authsec_crewai.settings import AuthSecSettings
+from authsec_crewai.testing import TOKEN_PATH, MockAuthority, MockFaults, create_app
 from authsec_crewai.tools import (
     AsyncAuthSecSecureFetchTool,
     AuthSecSecureFetchTool,
     assign_identities,
 )
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 
 pytestmark = pytest.mark.crew
 
