@@ -261,3 +261,35 @@ def test_an_unknown_keyword_is_an_error_that_names_it(
 def test_a_client_id_that_is_not_a_uuid_is_refused() -> None:
     with pytest.raises(errors.ConfigurationError, match="client_id 'analyst' must be"):
         AuthSecSecureFetchTool(settings=AuthSecSettings(mode="mock"), client_id="analyst")
+
+
+def test_assign_identities_takes_a_list_of_agents_too() -> None:
+    tool = AuthSecSecureFetchTool(settings=AuthSecSettings(mode="mock"))
+    crew = _crew(tool, tool)
+    assign_identities(crew.agents, agents={m.role: m.client_id for m in DEMO_AGENTS})
+    bound = [agent.tools[0] for agent in crew.agents]
+    assert [t.client_id for t in bound] == [ANALYST.client_id, WRITER.client_id]
+    assert bound[0].broker is bound[1].broker is tool.broker
+    assert tool.client_id != ANALYST.client_id  # the original tool is left as it was
+
+
+@pytest.mark.anyio
+async def test_tools_name_agents_on_a_broker_you_own(rsa_key: RSAKey) -> None:
+    from authsec_crewai import TokenBroker
+
+    authority = MockAuthority(
+        key=rsa_key, agents={m.client_id: m.grants for m in DEMO_AGENTS}, unknown_agents="refuse"
+    )
+    async with TokenBroker(MockTransport(authority=authority)) as broker:  # no default agent
+        tools = {
+            m.role: AsyncAuthSecSecureFetchTool(broker=broker, client_id=m.client_id)
+            for m in DEMO_AGENTS
+        }
+        ok = await tools["Writer"].arun(endpoint="secure-vault/metrics", scope="read:metrics")
+        refused = await tools["Writer"].arun(endpoint="secure-vault/records", scope="read:records")
+        assert ok.startswith('{"status": "ok"') and '"insufficient_scope"' in refused
+        assert broker.agent(WRITER.client_id).stats.fetches == 1
+        assert broker.agent(ANALYST.client_id).stats.fetches == 0
+        unnamed = AsyncAuthSecSecureFetchTool(broker=broker)
+        answer = await unnamed.arun(endpoint="secure-vault/metrics", scope="read:metrics")
+        assert '"configuration_error"' in answer  # no default agent: never another's identity
