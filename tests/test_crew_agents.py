@@ -292,4 +292,4 @@ async def test_tools_name_agents_on_a_broker_you_own(rsa_key: RSAKey) -> None:
         assert broker.agent(ANALYST.client_id).stats.fetches == 0
         unnamed = AsyncAuthSecSecureFetchTool(broker=broker)
         answer = await unnamed.arun(endpoint="secure-vault/metrics", scope="read:metrics")
-        assert '"configuration_error"' in answer  # no default agent: never another's identity
+        assert '"error": "configuration"' in answer  # no default agent: never another's
