@@ -222,6 +222,24 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def _parse_agents(values: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``--agent ROLE=PERMISSION[,PERMISSION...]`` values, checked; roles unique."""
+    parsed: dict[str, tuple[str, list[str]]] = {}
+    for value in values:
+        role, sep, granted = value.partition("=")
+        role = " ".join(role.split())
+        grants = [item.strip() for item in granted.split(",") if item.strip()]
+        if not sep or not role or "," in role or not grants:
+            raise ConfigurationFailed(
+                f"--agent {value[:60]!r}: expected ROLE=PERMISSION[,PERMISSION...], "
+                "e.g. --agent Analyst=read:records"
+            )
+        if role.casefold() in parsed:
+            raise ConfigurationFailed(f"--agent {role[:60]!r} is given twice; name each agent once")
+        parsed[role.casefold()] = (role, grants)
+    return list(parsed.values())
+
+
 @main.command("serve-mock")
 @click.option(
     "--port",
@@ -264,6 +282,15 @@ def _bind(host: str, port: int) -> socket.socket:
     help="Require 'Authorization: Bearer TOKEN' on the token endpoint, like the newest "
     "AuthSec servers.",
 )
+@click.option(
+    "--agent",
+    "agents",
+    multiple=True,
+    metavar="ROLE=PERMISSION[,PERMISSION...]",
+    help="An agent of a crew with its own client id and delegation (repeatable), e.g. "
+    "--agent Analyst=read:records --agent Writer=read:metrics. With any --agent, client "
+    "ids the server was not told about are answered 404.",
+)
 @friendly_errors
 def serve_mock(
     port: int,
@@ -272,6 +299,7 @@ def serve_mock(
     ttl: float,
     permissions: tuple[str, ...],
     api_token: str | None,
+    agents: tuple[str, ...],
 ) -> None:
     """Run the mock AuthSec server and its secure-vault API on loopback.
 
@@ -280,6 +308,7 @@ def serve_mock(
     /audit-log behind token checks, so LIVE mode can be tried without an
     AuthSec account. It prints the environment variables to set. Ctrl-C stops it.
     """
+    import shlex
     import uuid
 
     if not _loopback(host):
@@ -305,7 +334,13 @@ def serve_mock(
             "pip install starlette uvicorn"
         ) from None
 
-    authority = MockAuthority(ttl_seconds=ttl, permissions=permissions or DEFAULT_PERMISSIONS)
+    crew = {role: (str(uuid.uuid4()), grants) for role, grants in _parse_agents(agents)}
+    authority = MockAuthority(
+        ttl_seconds=ttl,
+        permissions=permissions or DEFAULT_PERMISSIONS,
+        agents={client: grants for client, grants in crew.values()},
+        unknown_agents="refuse" if crew else "delegate",
+    )
     authority.delegate(agent)
     app = create_app(authority, api_token=api_token)
     sock = _bind(host, port)
@@ -322,6 +357,17 @@ def serve_mock(
     ]
     if api_token:
         lines.append(f"  export AUTHSEC_API_TOKEN={api_token}")
+    if crew:
+        mapping = ",".join(f"{role}={client}" for role, (client, _) in crew.items())
+        lines.append(f"  export AUTHSEC_AGENTS={shlex.quote(mapping)}")
+        lines += [
+            "",
+            "Agents (each its own client id and delegation; other ids are answered 404):",
+            *(
+                f"  {role}: {client} may {' '.join(grants)}"
+                for role, (client, grants) in crew.items()
+            ),
+        ]
     lines += [
         "",
         "Then: authsec-crewai token --scope read:records",

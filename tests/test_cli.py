@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
+import uuid
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from _server import MockServer
 from click.testing import CliRunner, Result
 
 from authsec_crewai.cli import main
+from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.testing import TOKEN_PATH
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -191,3 +194,48 @@ def test_serve_mock_serves_and_prints_the_env_vars(client_id: str) -> None:
             proc.wait(timeout=10)
         assert proc.stderr is not None
         assert "Traceback" not in proc.stderr.read()
+
+
+def test_serve_mock_serves_a_crew_of_agents_each_with_its_own_delegation() -> None:
+    command = [sys.executable, "-m", "authsec_crewai.cli", "serve-mock", "--port", "0",
+               "--agent", "Records analyst=read:records",
+               "--agent", "Writer=read:metrics,read:incidents"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:  # fmt: skip
+        try:
+            exports: dict[str, str] = {}
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip().startswith("export "):
+                    name, _, value = line.strip().removeprefix("export ").partition("=")
+                    exports[name] = shlex.split(value)[0]
+                if "Ctrl-C" in line:
+                    break
+            roles = AuthSecSettings(agents=exports["AUTHSEC_AGENTS"]).agents
+            assert set(roles) == {"Records analyst", "Writer"}
+            base = exports["AUTHSEC_BASE_URL"]
+
+            def permissions(client_id: str) -> tuple[int, list[str] | None]:
+                answer = httpx.get(f"{base}{TOKEN_PATH}", params={"client_id": client_id})
+                return answer.status_code, answer.json().get("permissions")
+
+            assert permissions(roles["Records analyst"]) == (200, ["read:records"])
+            assert permissions(roles["Writer"]) == (200, ["read:incidents", "read:metrics"])
+            assert permissions(exports["AUTHSEC_CLIENT_ID"])[0] == 200  # still delegated
+            assert permissions(str(uuid.uuid4())) == (404, None)  # nobody delegated it
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("agents", "message"),
+    [(("Writer",), "expected ROLE=PERMISSION"), (("=read:x",), "expected ROLE=PERMISSION"),
+     (("W=a", "w=b"), "given twice")],
+)  # fmt: skip
+def test_serve_mock_refuses_malformed_agents(agents: tuple[str, ...], message: str) -> None:
+    args = [arg for agent in agents for arg in ("--agent", agent)]
+    _assert_one_line_failure(_run("serve-mock", *args), 2, message)
