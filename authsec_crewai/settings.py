@@ -18,6 +18,7 @@ import importlib.util
 import json
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ __all__ = [
     "ResolvedMode",
     "build_broker",
     "build_transport",
+    "client_id_for_role",
     "default_client_id",
     "env_var",
     "parse_agents",
@@ -123,6 +125,15 @@ def role_key(role: str) -> str:
     twice, and a mismatch in case should not cost an agent its identity.
     """
     return " ".join(role.split()).casefold()
+
+
+def client_id_for_role(agents: Mapping[str, str], role: str) -> str | None:
+    """The client id ``agents`` (role -> client id) gives ``role``, compared by :func:`role_key`."""
+    wanted = role_key(role)
+    for name, client_id in agents.items():
+        if role_key(name) == wanted:
+            return client_id
+    return None
 
 
 def parse_agents(value: Any) -> Any:
@@ -512,11 +523,7 @@ class AuthSecSettings(BaseSettings):
 
     def client_id_for_role(self, role: str) -> str | None:
         """The client id ``AUTHSEC_AGENTS`` gives the agent with this CrewAI role, if any."""
-        wanted = role_key(role)
-        for name, client_id in self.agents.items():
-            if role_key(name) == wanted:
-                return client_id
-        return None
+        return client_id_for_role(self.agents, role)
 
     @property
     def effective_client_id(self) -> str:

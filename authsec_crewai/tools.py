@@ -49,11 +49,11 @@ from .logging import get_logger
 from .settings import (
     AuthSecSettings,
     build_broker,
+    client_id_for_role,
     default_client_id,
     env_var,
     parse_agents,
     refresh_policy,
-    role_key,
 )
 from .sync import SyncTokenBroker
 
@@ -413,10 +413,9 @@ def _client_id_for_role(
             mapping, source = parse_agents(dict(agents)), "agents="
         except ValueError as exc:
             raise errors.ConfigurationError(f"agents=: {exc}") from None
-    wanted = role_key(role)
-    for name, client_id in mapping.items():
-        if role_key(name) == wanted:
-            return client_id
+    client_id = client_id_for_role(mapping, role)
+    if client_id is not None:
+        return client_id
     known = ", ".join(repr(name) for name in mapping) or "none"
     raise errors.ConfigurationError(
         f"the agent with role {role[:80]!r} has no client id in {source} (roles there: "
