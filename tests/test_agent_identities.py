@@ -304,7 +304,7 @@ async def test_every_fetch_log_event_names_the_agent(rsa_key: RSAKey) -> None:
 
     transport = MockTransport(authority=MockAuthority(key=rsa_key, agents=AGENTS))
     async with TokenBroker(transport, client_id=WRITER) as broker:
-        fetcher = SecureFetcher(broker)
+        fetcher = SecureFetcher(broker, api_transport=transport.api())
         with capture_logs() as logs:
             await fetcher.fetch("secure-vault/metrics", "read:metrics")
             with pytest.raises(errors.InsufficientScopeError):
