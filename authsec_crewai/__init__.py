@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
+
 if TYPE_CHECKING:
     from .broker import BrokerStats, RefreshPolicy, TokenBroker
     from .fetch import SecureFetcher
@@ -16,7 +18,6 @@ if TYPE_CHECKING:
     from .sync import SyncTokenBroker
     from .token import DelegationToken, TokenRequest
 
-__version__ = "0.2.0"
 
 __all__ = [
     "AuthSecSettings",

@@ -14,7 +14,7 @@ from joserfc.jwk import RSAKey
 from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
+from authsec_crewai.transports.base import KeySet, TransportInfo
 from authsec_crewai.transports.mock import MockTransport
 
 START = 1_800_000_000.0
@@ -60,6 +60,10 @@ class HeldTransport:
         self.hold = True
         self.started = anyio.Event()
         self._release = anyio.Event()
+
+    @property
+    def info(self) -> TransportInfo:
+        return self.inner.info
 
     def release(self) -> None:
         self._release.set()

@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 from authsec_crewai import errors
 from authsec_crewai.authority import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
+from authsec_crewai.transports.base import KeySet, TransportInfo
 from authsec_crewai.transports.mock import MockTransport
 from authsec_crewai.verify import (
     TokenVerifier,
@@ -45,6 +45,8 @@ AUDIENCE = ("authsec-api",)
 
 class KeySource:
     """The key-set half of the Transport protocol, with a call counter."""
+
+    info = TransportInfo(mode="keys")
 
     def __init__(self, key_set: KeySet | None) -> None:
         self.key_set = key_set

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import anyio.lowlevel
 import httpx
 
 from .. import cassette as fmt
@@ -394,15 +395,10 @@ def _release_session(session: _Session) -> None:
             _SESSIONS.pop(session.path.resolve(), None)
 
 
-def _inner_secret(inner: Transport) -> str | None:
-    """The inner transport's API token, so the writer can prove it is not in the file.
-
-    ``LiveTransport`` keeps it private; reading it here (same package) is the
-    price of a guarantee that does not depend on the caller remembering to
-    pass ``secrets=``.
-    """
-    value = getattr(inner, "_api_token", None)
-    return value if isinstance(value, str) and value else None
+def _inner_secrets(inner: Transport) -> tuple[str, ...]:
+    """The secrets the inner transport declares (an API token), so the writer can prove
+    they are not in the file without the caller having to remember ``secrets=``."""
+    return inner.info.secrets
 
 
 class _RecordingApi(httpx.AsyncBaseTransport):
@@ -478,11 +474,13 @@ class RecordingTransport:
         self.record_mode: RecordMode = record_mode
         self.max_body_bytes = max_body_bytes
         self._hooks: tuple[ScrubHook, ...] = (scrub,) if callable(scrub) else tuple(scrub)
-        self._scrubber = Scrubber(placeholders, [*secrets, _inner_secret(inner)])
+        self._scrubber = Scrubber(placeholders, [*secrets, *_inner_secrets(inner)])
         self._replay: ReplayTransport | None = None
         self._session: _Session | None = None
         self._api_player: fmt.Player | None = None
         self._inner_api: httpx.AsyncBaseTransport | None = None
+        self._loop_pools: dict[object, httpx.AsyncBaseTransport] = {}
+        self._loop_pools_lock = threading.Lock()
         self._api: httpx.AsyncBaseTransport | None = None
         self._closed = False
         self._inner_closed = False
@@ -520,15 +518,11 @@ class RecordingTransport:
                 path=self.path,
                 kinds=("api",),
             )
-        # "live" / "mock": the transport's own name for itself, else its class name
-        # without "Transport" (MockTransport has no ``mode`` attribute).
-        inner_mode = (
-            getattr(inner, "mode", None) or type(inner).__name__.removesuffix("Transport").lower()
-        )
+        inner_info = inner.info  # "live", "mock" or a third party's own name
         settings = {
-            "mode": str(inner_mode),
+            "mode": inner_info.mode,
             "record_mode": record_mode,
-            "base_url": fmt.strip_credentials(getattr(inner, "base_url", None)),
+            "base_url": fmt.strip_credentials(inner_info.base_url),
         }
 
         def make() -> _Session:
@@ -652,11 +646,10 @@ class RecordingTransport:
         with session.lock:
             if origin:
                 session.api_origins.add(origin)
-        if self._inner_api is None:
-            self._inner_api = self.inner.api()
+        inner_api = self._inner_api_here()
         offset = session.offset()
         try:
-            response = await self._inner_api.handle_async_request(request)
+            response = await inner_api.handle_async_request(request)
         except httpx.TransportError as exc:
             self._keep(
                 {
@@ -772,10 +765,35 @@ class RecordingTransport:
             if self._session is not None:
                 _release_session(self._session)
 
+    def _inner_api_here(self) -> httpx.AsyncBaseTransport:
+        """The inner transport's API, usable on the calling event loop.
+
+        This transport's ``api()`` is in process, so callers on any loop use it
+        (see ``TransportInfo.network_api``). An in-process inner API serves any
+        loop too; a network one is a socket pool that belongs to one loop, so
+        each loop records through a pool of its own.
+        """
+        if not self.inner.info.network_api:
+            if self._inner_api is None:
+                self._inner_api = self.inner.api()
+            return self._inner_api
+        loop = anyio.lowlevel.current_token().native_token
+        with self._loop_pools_lock:
+            pool = self._loop_pools.get(loop)
+            if pool is None:
+                pool = self._loop_pools[loop] = httpx.AsyncHTTPTransport()
+        return pool
+
     async def aclose(self) -> None:
         try:
             self.close()
         finally:
+            # This loop's pool is closed; other loops' pools are only dropped (their
+            # sockets belong to those loops, most likely finished by now).
+            pools, self._loop_pools = self._loop_pools, {}
+            here = pools.get(anyio.lowlevel.current_token().native_token)
+            if here is not None:
+                await here.aclose()
             if not self._inner_closed:
                 self._inner_closed = True
                 await self.inner.aclose()
