@@ -488,3 +488,33 @@ async def test_build_broker_mock_end_to_end() -> None:
         token = await broker.token("read:records")
     assert token.client_id == DEMO_CLIENT_ID
     assert "read:records" in token.permissions
+
+
+# --- what the built-in transports declare ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_built_in_transports_declare_what_the_library_relies_on(
+    tmp_path: Path,
+) -> None:
+    live = LiveTransport("https://authsec.example.com/", api_token="the-api-token")
+    assert live.info == TransportInfo(
+        mode="live",
+        network_api=True,
+        base_url="https://authsec.example.com",
+        secrets=("the-api-token",),
+    )
+    assert "the-api-token" not in repr(live.info)
+    assert MockTransport().info == TransportInfo(mode="mock")
+
+    path = tmp_path / "session.json"
+    recording = RecordingTransport(live, path, record_mode="all")
+    info = recording.info
+    assert (info.mode, info.network_api, info.claims_only) == ("record", False, False)
+    assert info.base_url == "https://authsec.example.com"
+    assert "the-api-token" in info.secrets
+    await recording.aclose()  # writes an (empty) session
+    replaying = RecordingTransport(MockTransport(), path, record_mode="none")
+    assert (replaying.info.mode, replaying.info.claims_only) == ("replay", True)
+    assert replaying.info.clock is not None and not replaying.info.network_api
+    await replaying.aclose()
