@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,22 @@ import pytest
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def clean_authsec_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AUTHSEC_* variable and no .env from the machine running the tests, the
+    auto-mock warning not yet said in this process, structlog's defaults."""
+    import structlog
+
+    from authsec_crewai import wiring
+
+    for name in list(os.environ):
+        if name.upper().startswith("AUTHSEC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
+    structlog.reset_defaults()
 
 
 @pytest.fixture

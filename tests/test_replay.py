@@ -17,12 +17,13 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from brokerkit import loops_calling, run_threads
 from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: F401
 from click.testing import CliRunner
 from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
-from authsec_crewai import errors, wiring
+from authsec_crewai import errors
 from authsec_crewai._netguard import NetworkBlockedError, block_network
 from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import TokenBroker
@@ -48,13 +49,8 @@ def an_hour_ago() -> float:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _clean(clean_authsec_env: None) -> None:
     """No AUTHSEC_* variable or .env from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
 
 
 def _bearer(token: DelegationToken) -> dict[str, str]:
@@ -645,40 +641,16 @@ def test_authsec_crewai_record_passes_the_exit_status_on(tmp_path: Path) -> None
 def _tool_calls_on_many_loops(tool: Any) -> list[Any]:
     """Async calls on an asyncio and a trio loop at once, and sync calls from threads:
     what an application with several loops and CrewAI's worker threads does."""
-    import threading
-
-    import anyio
-
     results: list[Any] = []
-    lock = threading.Lock()
-
-    def keep(text: str) -> None:
-        with lock:
-            results.append(json.loads(text))
-
-    start = threading.Barrier(2)
-
-    async def calls() -> None:
-        start.wait()
-        async with anyio.create_task_group() as tg:
-            for _ in range(10):
-                tg.start_soon(one)
 
     async def one() -> None:
         for _ in range(3):  # reuse the loop's connections while the other loop uses its own
-            keep(await tool._arun("secure-vault/records", "read:records"))
+            results.append(json.loads(await tool._arun("secure-vault/records", "read:records")))
 
-    threads = [
-        threading.Thread(target=anyio.run, args=(calls,), kwargs={"backend": backend})
-        for backend in ("asyncio", "trio")
-    ] + [
-        threading.Thread(target=lambda: keep(tool._run("secure-vault/records", "read:records")))
-        for _ in range(3)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    def sync_call() -> None:
+        results.append(json.loads(tool._run("secure-vault/records", "read:records")))
+
+    run_threads(*loops_calling(one), *[sync_call] * 3)
     return results
 
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors, wiring
@@ -27,14 +23,8 @@ FAKE_JWT = (
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _clean(clean_authsec_env: None) -> None:
     """No AUTHSEC_* variable and no .env leaks in from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
-    structlog.reset_defaults()
 
 
 def make(**values: Any) -> AuthSecSettings:
@@ -489,19 +479,6 @@ def test_the_demo_client_id_is_a_valid_client_id() -> None:
 
 
 # --- packaging ---------------------------------------------------------------------------
-
-
-def test_importing_settings_stays_light() -> None:
-    code = (
-        "import sys, authsec_crewai.settings\n"
-        "heavy = [m for m in ('crewai', 'httpx', 'authsec_crewai.broker', "
-        "'authsec_crewai.transports.live') if m in sys.modules]\n"
-        "print(heavy)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout
-    assert out.strip() == "[]"
 
 
 def test_settings_reference_documents_every_variable() -> None:

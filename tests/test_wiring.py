@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import os
+import json
 import sys
 import threading
 import time
@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import structlog
 from _server import MockServer
+from brokerkit import loops_calling, run_threads
 from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
@@ -49,15 +49,8 @@ HOUR = 3600.0
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No AUTHSEC_* variable or .env from the machine running the tests; the
-    auto-mock warning not yet said; shared tool brokers closed afterwards."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
-    structlog.reset_defaults()
+def _clean(clean_authsec_env: None) -> Iterator[None]:
+    """No AUTHSEC_* from the machine; shared tool brokers closed afterwards."""
     yield
     if "authsec_crewai.tools" in sys.modules:
         sys.modules["authsec_crewai.tools"].close_shared_brokers()
@@ -203,33 +196,16 @@ def test_both_tools_on_a_third_party_transport_from_any_loop(
     transport = AcmeTransport(mock_authority)
     tool = AsyncAuthSecSecureFetchTool(settings=make(mode="mock"), transport=transport)
     statuses: list[str] = []
-    lock = threading.Lock()
-
-    def keep(text: str) -> None:
-        import json
-
-        with lock:
-            statuses.append(json.loads(text)["status"])
-
-    async def calls() -> None:
-        async with anyio.create_task_group() as tg:
-            for _ in range(20):
-                tg.start_soon(one)
 
     async def one() -> None:
-        keep(await tool._arun("secure-vault/records", "read:records"))
+        statuses.append(
+            json.loads(await tool._arun("secure-vault/records", "read:records"))["status"]
+        )
 
-    threads = [
-        threading.Thread(target=anyio.run, args=(calls,), kwargs={"backend": backend})
-        for backend in ("asyncio", "trio")
-    ] + [
-        threading.Thread(target=lambda: keep(tool._run("secure-vault/records", "read:records")))
-        for _ in range(5)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    def sync_call() -> None:
+        statuses.append(json.loads(tool._run("secure-vault/records", "read:records"))["status"])
+
+    run_threads(*loops_calling(one, concurrent=20), *[sync_call] * 5)
     assert statuses == ["ok"] * 45
     assert transport.token_calls == 1
     assert len(transport.api_requests) == 45
