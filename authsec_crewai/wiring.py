@@ -71,7 +71,7 @@ def build_transport(settings: AuthSecSettings) -> Transport:
         # "all": AUTHSEC_MODE=record asks for a fresh recording; shared: every broker
         # of this process (a crew builds one per tool) records into the one cassette
         # instead of overwriting it on close.
-        transport: Transport = replay.RecordingTransport(
+        transport: Transport = replay.open_cassette_transport(
             recording_source(settings), settings.cassette, record_mode="all", shared=True
         )
         return transport

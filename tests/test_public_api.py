@@ -23,6 +23,8 @@ PUBLIC_MODULES = [
     "authsec_crewai.settings",
     "authsec_crewai.logging",
     "authsec_crewai.fetch",
+    "authsec_crewai.testing",
+    "authsec_crewai.cassettes",
 ]
 
 

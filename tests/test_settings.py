@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors, wiring
@@ -23,8 +24,9 @@ FAKE_JWT = (
 
 
 @pytest.fixture(autouse=True)
-def _clean(clean_authsec_env: None) -> None:
-    """No AUTHSEC_* variable and no .env leaks in from the machine running the tests."""
+def default_logging(clean_env: None) -> None:
+    """A clean AUTHSEC_* environment (``clean_env``) and structlog's defaults."""
+    structlog.reset_defaults()
 
 
 def make(**values: Any) -> AuthSecSettings:

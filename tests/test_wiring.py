@@ -29,8 +29,8 @@ from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
 from authsec_crewai import AuthSecSettings, SecureFetcher, TokenBroker, errors, wiring
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.settings import DEMO_CLIENT_ID
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports import (
     KeySet,
@@ -39,6 +39,7 @@ from authsec_crewai.transports import (
     RecordingTransport,
     Transport,
     TransportInfo,
+    open_cassette_transport,
 )
 from authsec_crewai.wire import TOKEN_PATH, parse_token_body
 
@@ -49,7 +50,7 @@ HOUR = 3600.0
 
 
 @pytest.fixture(autouse=True)
-def _clean(clean_authsec_env: None) -> Iterator[None]:
+def _clean(clean_env: None) -> Iterator[None]:
     """No AUTHSEC_* from the machine; shared tool brokers closed afterwards."""
     yield
     if "authsec_crewai.tools" in sys.modules:
@@ -243,7 +244,7 @@ def test_a_third_party_network_api_gets_a_pool_per_loop(
 async def test_recording_a_third_party_transport_uses_what_it_declares(
     mock_authority: MockAuthority, tmp_path: Path
 ) -> None:
-    from authsec_crewai.cassette import load
+    from authsec_crewai.cassettes import load
 
     path = tmp_path / "acme.json"
     recording = RecordingTransport(AcmeTransport(mock_authority), path, record_mode="all")
@@ -404,11 +405,14 @@ def test_record_and_replay_light_up_when_the_module_exists(
         def __init__(self, inner: Any, cassette: Path, **options: Any) -> None:
             self.inner, self.cassette = inner, cassette
 
+    def open_cassette_transport(inner: Any, cassette: Path, **options: Any) -> RecordingTransport:
+        return RecordingTransport(inner, cassette, **options)
+
     class ReplayTransport:
         def __init__(self, cassette: Path) -> None:
             self.cassette = cassette
 
-    fake.RecordingTransport = RecordingTransport  # type: ignore[attr-defined]
+    fake.open_cassette_transport = open_cassette_transport  # type: ignore[attr-defined]
     fake.ReplayTransport = ReplayTransport  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, name, fake)
     base = {"base_url": "https://authsec.example.com", "client_id": CLIENT, "cassette": "c.json"}
@@ -490,7 +494,7 @@ async def test_the_built_in_transports_declare_what_the_library_relies_on(
     assert info.base_url == "https://authsec.example.com"
     assert "the-api-token" in info.secrets
     await recording.aclose()  # writes an (empty) session
-    replaying = RecordingTransport(MockTransport(), path, record_mode="none")
+    replaying = open_cassette_transport(MockTransport(), path, record_mode="none")
     assert (replaying.info.mode, replaying.info.claims_only) == ("replay", True)
     assert replaying.info.clock is not None and not replaying.info.network_api
     await replaying.aclose()
