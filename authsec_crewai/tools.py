@@ -33,6 +33,7 @@ import functools
 import hashlib
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -46,16 +47,9 @@ from ._brokerthread import BrokerThread
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
 from .logging import get_logger
-from .settings import (
-    AuthSecSettings,
-    build_broker,
-    client_id_for_role,
-    default_client_id,
-    env_var,
-    parse_agents,
-    refresh_policy,
-)
+from .settings import AuthSecSettings, client_id_for_role, env_var, parse_agents
 from .sync import SyncTokenBroker
+from .wiring import build_broker, build_fetcher, client_id_for, refresh_policy
 
 if TYPE_CHECKING:
     from .fetch import FetchResult
@@ -276,6 +270,31 @@ def _nothing() -> None:
     """Scheduled on a trio run only to learn whether it is still running."""
 
 
+_loop_pools: weakref.WeakKeyDictionary[BrokerThread, dict[object, httpx.AsyncHTTPTransport]] = (
+    weakref.WeakKeyDictionary()
+)
+_loop_pools_lock = threading.Lock()
+
+
+def _pool_of_loop(runtime: BrokerThread, loop: object) -> httpx.AsyncHTTPTransport:
+    """The API connection pool of ``loop`` for every tool on ``runtime``, whatever its agent.
+
+    One pool per event loop and runtime, not per tool: a crew of many agents
+    (a tool, or a copy of one, per agent) would otherwise open a pool, and its
+    connections, per identity. Pools of loops that have finished are dropped
+    whenever a new loop arrives (a weak mapping would not do: a pool's sockets
+    keep their loop alive); a runtime's pools go with the runtime.
+    """
+    with _loop_pools_lock:
+        pools = _loop_pools.setdefault(runtime, {})
+        pool = pools.get(loop)
+        if pool is None:
+            for finished in [known for known in pools if _loop_finished(known)]:
+                del pools[finished]
+            pool = pools[loop] = httpx.AsyncHTTPTransport()
+        return pool
+
+
 class _Binding:
     """What one tool is wired to: a shared runtime and the tool's own fetcher.
 
@@ -311,15 +330,26 @@ class _Binding:
     def __deepcopy__(self, memo: dict[int, object]) -> _Binding:
         return self
 
-    def get(self) -> tuple[BrokerThread, SecureFetcher]:
+    def runtime(self) -> BrokerThread:
+        """The shared runtime, (re)acquired when there is none or it was closed."""
         with self._lock:
-            if self._runtime is None or self._fetcher is None or self._runtime.closed:
-                runtime = self._acquire()
+            return self._runtime_locked()
+
+    def get(self) -> tuple[BrokerThread, SecureFetcher]:
+        """The runtime and this tool's fetcher; a tool without an identity fails here."""
+        with self._lock:
+            runtime = self._runtime_locked()
+            if self._fetcher is None:
                 self._agent = self._agent_for(runtime.broker)
-                self._fetcher = SecureFetcher(runtime.broker, self.settings, agent=self._agent)
-                self._runtime = runtime
-                self._on_loop.clear()
-            return self._runtime, self._fetcher
+                self._fetcher = build_fetcher(runtime.broker, self.settings, agent=self._agent)
+            return runtime, self._fetcher
+
+    def _runtime_locked(self) -> BrokerThread:
+        if self._runtime is None or self._runtime.closed:
+            self._runtime = self._acquire()
+            self._fetcher = None
+            self._on_loop.clear()
+        return self._runtime
 
     def agent_id(self) -> str | None:
         """The client id this tool acts for (None: the default agent of a broker you own)."""
@@ -337,33 +367,38 @@ class _Binding:
             return self.client_id
         if isinstance(self.source, TokenBroker | SyncTokenBroker):
             return None
-        return default_client_id(self.settings, broker.transport)
+        return client_id_for(self.settings, broker.transport)
 
-    def fetcher_on_this_loop(self) -> SecureFetcher | None:
-        """A live-mode fetcher whose connection pool belongs to the calling event loop.
+    def fetcher_on_this_loop(self) -> SecureFetcher:
+        """A fetcher of the calling event loop, on the one shared broker.
 
         Async callers then reach the API without hopping to the broker's
         thread and back (two cross-thread wake-ups per call); tokens still
         come from the one shared broker, which serves callers on any loop.
-        Only for a live transport: other modes' API traffic must pass through
-        their own ``api()`` (the mock app, a recorder, a replay). Pools of
-        loops that have finished are dropped whenever a new loop arrives (a
-        weak mapping would not do: the pool's sockets keep their loop alive).
+        The path is the same in every mode; only the API transport differs,
+        as the broker's transport declares: a network API
+        (``info.network_api``) gets the connection pool of this loop (shared
+        by the tools of every agent, see :func:`_pool_of_loop`), anything
+        else is the mode's own ``api()`` (the mock app, a recorder, a replay),
+        which serves any loop. Fetchers of loops that have finished are
+        dropped whenever a new loop arrives (a weak mapping would not do: a
+        pool's sockets keep their loop alive).
         """
         runtime, _ = self.get()
-        if getattr(runtime.broker.transport, "mode", None) != "live":
-            return None
         loop = anyio.lowlevel.current_token().native_token
         with self._lock:
             fetcher = self._on_loop.get(loop)
             if fetcher is None:
                 for finished in [known for known in self._on_loop if _loop_finished(known)]:
                     del self._on_loop[finished]
-                fetcher = SecureFetcher(
+                transport = runtime.broker.transport
+                fetcher = build_fetcher(
                     runtime.broker,
                     self.settings,
                     agent=self._agent,
-                    api_transport=httpx.AsyncHTTPTransport(),
+                    api_transport=_pool_of_loop(runtime, loop)
+                    if transport.info.network_api
+                    else transport.api(),
                 )
                 self._on_loop[loop] = fetcher
         return fetcher
@@ -501,12 +536,10 @@ class _SecureFetchTool(BaseTool):
             )
         if broker is not None and transport is not None:
             raise errors.ConfigurationError("pass broker= or transport=, not both")
+        # A broken configuration fails here, not mid-crew: settings validate at construction.
         resolved = settings if settings is not None else AuthSecSettings()
-        if client_id is not None:
-            client_id = _checked_client_id(client_id)
-            resolved = resolved.model_copy(update={"client_id": client_id})
-        if broker is None and transport is None:
-            resolved.resolved_mode  # noqa: B018 - a broken configuration fails here, not mid-crew
+        if client_id is not None:  # validated like any setting (model_copy re-validates)
+            resolved = resolved.model_copy(update={"client_id": _checked_client_id(client_id)})
         if not data.get("description"):
             data["description"] = describe_tool(resolved)
         data.setdefault("cache_function", cache_successes)
@@ -542,7 +575,7 @@ class _SecureFetchTool(BaseTool):
     @property
     def broker(self) -> TokenBroker:
         """The (shared) broker this tool gets its tokens from; starts it if needed."""
-        return self._binding.get()[0].broker
+        return self._binding.runtime().broker
 
     def _fetch_call(
         self, endpoint: str, scope: str, params: ParamsLike
@@ -618,12 +651,8 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
     async def _arun(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch asynchronously; returns the result as JSON text, failures included."""
         try:
-            local = self._binding.fetcher_on_this_loop()
-            if local is not None:
-                result = await local.fetch(endpoint, scope, params=params)
-            else:
-                runtime, call = self._fetch_call(endpoint, scope, params)
-                result = await runtime.acall(call)
+            fetcher = self._binding.fetcher_on_this_loop()
+            result = await fetcher.fetch(endpoint, scope, params=params)
         except Exception as exc:
             return self._failure(exc)
         return render_result(result.to_dict())

@@ -9,10 +9,8 @@ are tested in ``test_crew_agents.py``.)
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,12 +19,12 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from authsec_crewai import errors
-from authsec_crewai import settings as settings_module
 from authsec_crewai.settings import AuthSecSettings, role_key
 from authsec_crewai.testing import TOKEN_PATH, MockAuthority, MockFaults, create_app
 from authsec_crewai.testing.mockserver import ADMIN_PREFIX
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports import LiveTransport, MockTransport
+from authsec_crewai.wiring import client_id_for
 
 ANALYST = "a1a1a1a1-0000-4000-8000-00000000a001"
 WRITER = "b2b2b2b2-0000-4000-8000-00000000b002"
@@ -35,14 +33,8 @@ AGENTS = {ANALYST: ["read:records", "read:metrics"], WRITER: ["read:metrics"]}
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
-    )
+def _clean(clean_env: None) -> None:
+    """No AUTHSEC_* variable or .env file from the machine running the tests."""
 
 
 # --- the mock authority: one delegation per agent ------------------------------------------------
@@ -271,13 +263,12 @@ def test_agents_and_a_server_make_auto_live_without_a_single_client_id(
     settings = AuthSecSettings()
     assert settings.resolved_mode == "live"
     with pytest.raises(errors.ConfigurationError, match="only the agents in AUTHSEC_AGENTS"):
-        settings.effective_client_id  # noqa: B018 - an agent not listed has no identity
+        client_id_for(settings)  # an agent not listed has no identity
 
 
 def test_live_with_neither_client_id_nor_agents_names_both() -> None:
-    settings = AuthSecSettings(mode="live", base_url="https://authsec.example.com")
     with pytest.raises(errors.ConfigurationError) as info:
-        settings.resolved_mode  # noqa: B018
+        AuthSecSettings(mode="live", base_url="https://authsec.example.com")
     assert "AUTHSEC_CLIENT_ID is not set" in str(info.value)
     assert "AUTHSEC_AGENTS" in str(info.value)
 

@@ -293,3 +293,23 @@ async def test_tools_name_agents_on_a_broker_you_own(rsa_key: RSAKey) -> None:
         unnamed = AsyncAuthSecSecureFetchTool(broker=broker)
         answer = await unnamed.arun(endpoint="secure-vault/metrics", scope="read:metrics")
         assert '"error": "configuration"' in answer  # no default agent: never another's
+
+
+@pytest.mark.anyio
+async def test_agents_async_tools_on_one_loop_share_one_api_pool(crew_server: MockServer) -> None:
+    """A pool per agent would mean connections per identity; one per loop serves them all."""
+    tool = AsyncAuthSecSecureFetchTool(settings=_live(crew_server))
+    tools = [tool.for_agent(m.role) for m in DEMO_AGENTS for _ in range(3)]
+    answers: list[str] = []
+
+    async def call(agent_tool: AsyncAuthSecSecureFetchTool) -> None:
+        answers.append(await agent_tool.arun(endpoint="secure-vault/metrics", scope="read:metrics"))
+
+    async with anyio.create_task_group() as tg:
+        for agent_tool in tools:
+            tg.start_soon(call, agent_tool)
+    assert sum('"status": "ok"' in a for a in answers) == 3  # the writer's three
+    assert sum('"insufficient_scope"' in a for a in answers) == 3  # the analyst's, refused
+    pools = {id(t._binding.fetcher_on_this_loop()._api_transport) for t in tools}
+    assert len(pools) == 1
+    assert {t.broker for t in tools} == {tool.broker}

@@ -53,8 +53,6 @@ class MockTransport:
     permissions (see :class:`~authsec_crewai.testing.authority.MockAuthority`).
     """
 
-    mode = "mock"
-
     def __init__(
         self,
         *,
