@@ -10,16 +10,20 @@ Both tools wrap a :class:`~authsec_crewai.fetch.SecureFetcher`. What they add:
   and one single flight per tool, and a request to AuthSec per tool. Tools
   configured alike share one :class:`BrokerThread`: a token broker, and the
   event loop (on a daemon thread) it runs on. The registry key is the part of
-  the settings that decides which tokens come back (see
-  :func:`_settings_key`); per-tool policy (allowlists, method, size cap, API
-  origin) stays per tool.
+  the settings that decides how tokens are fetched (see :func:`_settings_key`);
+  per-tool policy (allowlists, method, size cap, API origin) stays per tool.
+- **Every agent its own identity, one runtime.** A tool acts for one agent
+  (``client_id=``, :meth:`~_SecureFetchTool.for_agent`,
+  :func:`assign_identities`); the client id is not part of the registry key,
+  so tools of any number of agents share one broker (which keeps each agent's
+  tokens apart) and one thread: an identity costs its tokens, not a runtime.
 - **Any caller.** CrewAI calls the sync ``_run`` in worker threads, under both
   ``kickoff()`` and ``akickoff()``; async applications await ``_arun`` on
   asyncio or trio, on any thread. ``_run`` hands the call to the runtime's
   loop and blocks until it is done, so that pool only ever sees one loop.
-  ``_arun`` in live mode uses a pool on its own loop and the shared broker
-  (which serves any loop), so a cache hit needs no thread hop; in the other
-  modes it hands the call over like ``_run``, without blocking its loop.
+  ``_arun`` stays on the caller's loop in every mode, with the shared broker
+  (which serves any loop), so a cache hit needs no thread hop; a network API
+  is reached through a pool of that loop, shared by every agent's tools.
 - **Failures are answers.** A refusal or failure is *returned* as JSON telling
   the model what went wrong and whether retrying can help, instead of raised:
   CrewAI would otherwise feed the exception text back and let the model repeat
@@ -308,8 +312,8 @@ class _Binding:
         source: TokenBroker | SyncTokenBroker | Transport | None,
         client_id: str | None = None,
     ) -> None:
-        if client_id is not None:  # checked by the caller, so no validation is skipped
-            settings = settings.model_copy(update={"client_id": client_id})
+        if client_id is not None and settings.client_id != client_id:
+            settings = settings.model_copy(update={"client_id": client_id})  # validated again
         self.settings = settings
         self.source = source
         self.client_id = client_id
