@@ -248,7 +248,11 @@ class _Flight:
 
 def check_client_id(client_id: object) -> str:
     """``client_id`` if it is a UUID, as the AuthSec contract requires; else a clear error."""
-    if not isinstance(client_id, str) or not client_id:
+    if not isinstance(client_id, str):
+        raise errors.ConfigurationError(
+            f"an agent's client_id must be a UUID string, not {type(client_id).__name__}"
+        )
+    if not client_id:
         raise errors.ConfigurationError(
             "an agent's client_id is required (set AUTHSEC_CLIENT_ID, or name the agent)"
         )
