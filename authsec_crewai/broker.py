@@ -624,13 +624,28 @@ class TokenBroker:
         Two sections would leave a gap in which another caller's flight lands:
         this caller would then start a second fetch for a token just cached.
         """
+        refusal: errors.AuthSecError | None = None
         with self._lock:
             now, mono = self._clock(), self._monotonic()
             served = self._serve_locked(agent, request, now, mono)
             if served is None:
-                flight, event, launch = self._join_locked(agent, request, now, mono)
+                refusal = self._refusal_locked(agent, request, now, mono)
+                if refusal is None:
+                    flight, event, launch = self._join_locked(agent, request)
         if served is not None:
             return self._served(agent, request, *served)
+        if refusal is not None:
+            if isinstance(refusal, errors.ScopeNotGrantedError):
+                self._emit(
+                    "debug",
+                    "token.refused",
+                    {
+                        "client_id": agent.client_id,
+                        "missing": sorted(refusal.missing),
+                        "mode": self._mode,
+                    },
+                )
+            raise refusal
         if launch:
             self._launch(flight)
         await event.wait()
@@ -642,14 +657,10 @@ class TokenBroker:
         return flight.token
 
     def _join_locked(
-        self, agent: _Agent, request: TokenRequest, now: float, mono: float
+        self, agent: _Agent, request: TokenRequest
     ) -> tuple[_Flight, anyio.Event, bool]:
-        """Join the request's flight, or start one (lock held): the flight, the event
-        to wait on, and whether the caller must launch it. Raises when no fetch may
-        be made."""
-        refusal = self._refusal_locked(agent, request, now, mono)
-        if refusal is not None:
-            raise refusal
+        """Join the request's flight, or start one (lock held, after ``_refusal_locked``):
+        the flight, the event to wait on, and whether the caller must launch it."""
         assert self._home is not None  # checked by _refusal_locked
         flight = agent.flights.get(request)
         launch = flight is None

@@ -229,6 +229,7 @@ async def test_every_broker_event_names_its_agent_and_never_the_token() -> None:
         "token.refresh.failed",
         "token.invalidated",
         "token.cache_hit",
+        "token.refused",
     }
     assert all(e.get("client_id") in {a, b} for e in events), events
     flat = repr(logs)
