@@ -16,17 +16,14 @@ from brokerkit import NO_JITTER, FakeClock, HeldTransport, mock, settle
 from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
-from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.broker import TokenBroker
-from authsec_crewai.mockserver import ADMIN_PREFIX, TOKEN_PATH, MockFaults, create_app
-from authsec_crewai.sync import SyncTokenBroker
-from authsec_crewai.token import DelegationToken
-from authsec_crewai.transports.live import LiveTransport
+from authsec_crewai import DelegationToken, SyncTokenBroker, TokenBroker, errors
+from authsec_crewai.testing import TOKEN_PATH, MockAuthority, MockFaults, create_app
+from authsec_crewai.transports import LiveTransport
 
 pytestmark = pytest.mark.anyio
 
 SCOPE = "read:records"
+ADMIN_AGENTS = "/authsec/uflow/admin/agents"  # the contract's administration paths
 # A 1000 s token with NO_JITTER: advisory from 800 s, mandatory from 950 s.
 IN_ADVISORY, IN_MANDATORY = 850.0, 960.0
 
@@ -353,7 +350,7 @@ async def test_a_revoked_agent_fails_closed_at_once_while_another_keeps_working(
                     tg.start_soon(keep_b_working, stop)
                 await anyio.sleep(0.05)
                 async with httpx.AsyncClient(base_url=loopback_server.url) as admin:
-                    answer = await admin.post(f"{ADMIN_PREFIX}/{a}/revoke-token")
+                    answer = await admin.post(f"{ADMIN_AGENTS}/{a}/revoke-token")
                 assert answer.status_code == 200 and answer.json()["status"] == "revoked"
                 clock.advance(IN_ADVISORY)  # both tokens are refreshed in the background now
                 with anyio.fail_after(10):  # a guard against a hang, not a speed limit

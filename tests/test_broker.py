@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 import authsec_crewai.broker as broker_module
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -24,8 +24,7 @@ from authsec_crewai._brokerthread import BrokerThread
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import KeySet, MockTransport
 
 
 def run_threads(*targets: Callable[[], object]) -> None:
