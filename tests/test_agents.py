@@ -368,6 +368,8 @@ async def test_a_revoked_agent_fails_closed_at_once_while_another_keeps_working(
                 b_target = served_b + 200  # and B keeps being served after it
                 with anyio.fail_after(10):
                     await b_reached.wait()
+                    while asked(b) < 2:  # noqa: ASYNC110  # B's background refresh lands
+                        await anyio.sleep(0.005)
                 stop.set()
             assert asked(a) == a_asked == 2
             assert agent_a.stats.cached == 0 and agent_a.stats.failures == 1
