@@ -416,12 +416,13 @@ class TokenBroker:
         """A light view of the broker for one agent: ``token()``, ``invalidate()``, ``stats``."""
         return BrokerAgent(self, self._agent(client_id))
 
-    async def token(self, scopes: ScopesLike, *, agent: str | None = None) -> DelegationToken:
+    async def token(self, scopes: ScopesLike, agent: str | None = None) -> DelegationToken:
         """A valid token of ``agent`` (default: the broker's ``client_id``) covering ``scopes``.
 
         Raises a :class:`~authsec_crewai.errors.TokenError` subclass when no
         such token can be had (``ScopeNotGrantedError`` when the delegation
-        does not grant the scopes).
+        does not grant the scopes). Pass ``agent`` by keyword; it is not
+        keyword-only because that costs the default agent's hot path a little.
         """
         if agent is not None:
             return await self._token(self._agent(agent), scopes)
