@@ -272,7 +272,7 @@ def test_a_flight_landing_between_lookup_and_join_does_not_start_a_second_fetch(
 
 def test_many_threads_on_fresh_brokers_make_one_fetch_each(client_id: str) -> None:
     """Threads with their own event loops race a cold broker, round after round."""
-    rounds, callers = 150, 6
+    rounds, callers = 300, 6
     brokers: list[TokenBroker] = []
     transports: list[MockTransport] = []
     start = threading.Barrier(callers + 1)
