@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -17,24 +17,14 @@ import anyio
 import httpx
 import pytest
 import structlog
-from brokerkit import mock
+from brokerkit import mock, run_threads
 
 from authsec_crewai import errors
 from authsec_crewai._brokerthread import BrokerThread
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports import KeySet, MockTransport
-
-
-def run_threads(*targets: Callable[[], object]) -> None:
-    """Run each target on its own thread, all at once, and wait for every one."""
-    threads = [threading.Thread(target=target) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+from authsec_crewai.transports import KeySet, MockTransport, TransportInfo
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -193,6 +183,10 @@ class GatedTransport:
         self.gate = threading.Event()
         self.started = threading.Event()
         self.calls = 0
+
+    @property
+    def info(self) -> TransportInfo:
+        return self.inner.info
 
     async def fetch_token(self, request: TokenRequest) -> DelegationToken:
         self.calls += 1
