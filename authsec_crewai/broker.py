@@ -40,6 +40,8 @@ from .token import DelegationToken, ScopesLike, TokenRequest
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from .stores.base import TokenStore
+    from .stores.fleet import Fleet
     from .transports.base import Transport
     from .verify import TokenVerifier
 
@@ -110,7 +112,10 @@ class BrokerStats:
     fetch; ``fetches``: transport calls; ``coalesced``: waiters that joined a
     fetch already in flight; ``background_refreshes``: ADVISORY refreshes
     started; ``failures``: fetches that failed; ``stale_served``: ADVISORY
-    tokens served after their refresh had failed.
+    tokens served after their refresh had failed. With a shared store:
+    ``store_hits``: flights served from the store without a transport call;
+    ``store_errors``: store operations that failed or timed out;
+    ``lease_waits``: flights that waited for another process's fetch.
     """
 
     hits: int = 0
@@ -120,6 +125,9 @@ class BrokerStats:
     background_refreshes: int = 0
     failures: int = 0
     stale_served: int = 0
+    store_hits: int = 0
+    store_errors: int = 0
+    lease_waits: int = 0
 
 
 @dataclass(slots=True)
@@ -194,6 +202,7 @@ class TokenBroker:
         monotonic: Callable[[], float] = time.monotonic,
         close_transport: bool = True,
         rng: random.Random | None = None,
+        store: TokenStore | None = None,
     ) -> None:
         if not client_id:
             raise errors.ConfigurationError("client_id is required (set AUTHSEC_CLIENT_ID)")
@@ -209,6 +218,8 @@ class TokenBroker:
         self._close_transport = close_transport
         self._rng = rng or random.Random()
         self._mode = str(getattr(transport, "mode", type(transport).__name__))
+        self.store = store
+        self._fleet: Fleet | None = None
 
         self._lock = threading.Lock()
         self._cache: dict[TokenRequest, _Entry] = {}
@@ -246,9 +257,23 @@ class TokenBroker:
                 # A replaying transport serves tokens whose signatures were redacted.
                 claims_only=bool(getattr(self.transport, "claims_only", False)),
             )
+        if self.store is not None:
+            from .stores.fleet import Fleet
+
+            await self.store.__aenter__()
+            verifier = self._verifier
+            self._fleet = Fleet(
+                self.store,
+                verify=verifier.verify if verifier is not None else None,
+                clock=self._clock,
+                monotonic=self._monotonic,
+                rng=self._rng,
+            )
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg, self._home = tg, LoopRef.current()
+        if self._fleet is not None:
+            tg.start_soon(self._fleet.listen, self._revoked_elsewhere)
         return self
 
     async def __aexit__(
@@ -279,6 +304,8 @@ class TokenBroker:
             self._cache.clear()
             self._remembered.clear()
             self._terminal = None
+        if self._fleet is not None and self.store is not None:
+            await self.store.__aexit__(None, None, None)
         if self._close_transport:
             await self.transport.aclose()
 
@@ -290,6 +317,8 @@ class TokenBroker:
         with self._lock:
             counts = dict(self._counts)
         counts["hits"] += self._fast_hits
+        if self._fleet is not None:
+            counts.update(self._fleet.counts)
         return BrokerStats(**counts)
 
     async def token(self, scopes: ScopesLike) -> DelegationToken:
@@ -340,6 +369,7 @@ class TokenBroker:
             _log.info(
                 "token.invalidated", fingerprint=token.fingerprint, jti=token.jti, mode=self._mode
             )
+            self._announce_revocation(keys[0].client_id, keys, token.fingerprint)
         return bool(keys)
 
     def _request_fast(self, scopes: ScopesLike) -> TokenRequest:
@@ -475,18 +505,16 @@ class TokenBroker:
             self._tg.start_soon(self._run_flight, flight)
 
     async def _run_flight(self, flight: _Flight) -> None:
-        with self._lock:
-            self._counts["fetches"] += 1
         scopes = sorted(flight.request.scopes)
         _log.debug(
             "token.refresh.start", scopes=scopes, background=flight.background, mode=self._mode
         )
         try:
-            token = await self.transport.fetch_token(flight.request)
-            if self._verifier is not None:
-                await self._verifier.verify(token)
+            token = await self._fetch(flight.request)
         except errors.AuthSecError as exc:
             self._complete(flight, error=exc)
+            if exc.terminal and self._fleet is not None:
+                await self._fleet.revoke(flight.request.client_id, [flight.request], None)
         except Exception as exc:  # a third-party transport's bug must not hang waiters
             wrapped = errors.TransportError(
                 f"the transport failed: {type(exc).__name__}: {redact_text(str(exc))[:300]}"
@@ -498,6 +526,64 @@ class TokenBroker:
             raise
         else:
             self._complete(flight, token=token)
+
+    async def _fetch(self, request: TokenRequest) -> DelegationToken:
+        """The flight's token: through the shared store when there is one."""
+        if self._fleet is None:
+            return await self._fetch_verified(request)
+        return await self._fleet.fetch_shared(
+            request, lambda: self._fetch_verified(request), self._serves_from_store
+        )
+
+    async def _fetch_verified(self, request: TokenRequest) -> DelegationToken:
+        with self._lock:
+            self._counts["fetches"] += 1
+        token = await self.transport.fetch_token(request)
+        if self._verifier is not None:
+            await self._verifier.verify(token)
+        return token
+
+    def _serves_from_store(self, token: DelegationToken, written_at: float) -> bool:
+        """A stored token is worth taking before MANDATORY, or when just re-confirmed."""
+        now = self._clock()
+        _, mandatory = self.policy.windows(token.lifetime)
+        fresh = now - written_at < self.policy.backoff_initial
+        return now < token.expires_at_ts - mandatory or fresh
+
+    # --- revocation across processes ------------------------------------------------------
+
+    def _announce_revocation(
+        self, client_id: str, keys: list[TokenRequest], fingerprint: str | None
+    ) -> None:
+        """Tell the fleet (from any thread): the revocation runs on the home loop."""
+        fleet, home = self._fleet, self._home
+        if fleet is None or home is None:
+            return
+
+        def start() -> None:
+            if self._tg is not None:
+                self._tg.start_soon(fleet.revoke, client_id, keys, fingerprint)
+
+        if home.is_current_thread():
+            start()
+        else:
+            home.call_soon(start)
+
+    def _revoked_elsewhere(self, agent: str, fingerprint: str | None) -> None:
+        """Another process saw a revocation: drop this process's copies at once."""
+        from .stores.base import agent_digest
+
+        with self._lock:
+            doomed = [
+                key
+                for key, entry in self._cache.items()
+                if agent_digest(key.client_id) == agent
+                and (fingerprint is None or entry.token.fingerprint == fingerprint)
+            ]
+            for key in doomed:
+                del self._cache[key]
+        if doomed:
+            _log.info("token.revoked_elsewhere", dropped=len(doomed), mode=self._mode)
 
     def _complete(
         self,
