@@ -17,9 +17,9 @@ from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 from _redis import RedisServer
 from brokerkit import SIGNING_KEY
+from structlog.testing import capture_logs
 
 from authsec_crewai import errors
 from authsec_crewai.authority import MockAuthority
@@ -37,7 +37,7 @@ OLD_KEY = os.urandom(32)
 SCOPE = "read:records"
 
 
-def CountingTransport(authority: MockAuthority, latency: float = 0.0) -> MockTransport:  # noqa: N802
+def CountingTransport(authority: MockAuthority, latency: float = 0.0) -> MockTransport:
     """A mock transport; its ``calls`` counts fetches (what single flight is proved by)."""
     return MockTransport(authority=authority, latency=latency)
 
@@ -118,7 +118,7 @@ async def test_nothing_readable_in_the_store(
         token = await broker.token(SCOPE)
         found = await items_of(store)
     assert len(found) >= 2  # at least the entry and the revocation mark
-    header, payload, signature = token.value.split(".")
+    _, payload, signature = token.value.split(".")
     secrets = [token.value, payload, signature, client_id, SCOPE, "read:metrics"]
     secrets += [token.spiffe_id, authority.tenant_id, str(token.jti)]
     for name, value in found.items():
@@ -191,7 +191,9 @@ async def test_an_entry_signed_by_someone_else_is_never_served(
         if raw.codec.encrypts:
             pytest.skip("this backend's test store always encrypts")
         await raw.put(
-            entry_name(identity), plain.seal(identity, StoredEntry(forged, time.time()).encode()), 60
+            entry_name(identity),
+            plain.seal(identity, StoredEntry(forged, time.time()).encode()),
+            60,
         )
     async with broker_on(transport, client_id, make_store(keys=())) as broker:
         token = await broker.token(SCOPE)
@@ -235,7 +237,7 @@ async def test_revocation_reaches_the_other_brokers(
         assert (await second.token(SCOPE)).value == token.value
         assert first.invalidate(token)
         with anyio.fail_after(2):
-            while second.cached_token(SCOPE) is not None:
+            while second.cached_token(SCOPE) is not None:  # noqa: ASYNC110 (polled on purpose)
                 await anyio.sleep(0.005)
         # The shared entry went too: the next caller asks the server again.
         await second.token(SCOPE)
@@ -259,7 +261,7 @@ async def test_a_terminal_answer_reaches_the_other_brokers(
         with pytest.raises(errors.NotDelegatedError):
             await first.token(SCOPE)  # ...the server's 404 is terminal
         with anyio.fail_after(2):
-            while second.cached_token(SCOPE) is not None:
+            while second.cached_token(SCOPE) is not None:  # noqa: ASYNC110 (polled on purpose)
                 await anyio.sleep(0.005)
         with pytest.raises(errors.NotDelegatedError):
             await second.token("read:metrics")  # the stored entry is void: asked the server
@@ -287,7 +289,7 @@ async def test_an_unreachable_store_is_not_an_outage(
     assert [log["event"] for log in logs].count("store.unavailable") == 1
 
 
-class anyio_socket:  # noqa: N801 (a tiny context manager, named for what it gives)
+class anyio_socket:
     """A free loopback port, released on exit."""
 
     def __enter__(self) -> int:
