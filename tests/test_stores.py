@@ -26,7 +26,13 @@ from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.stores import MemoryStore, SealedCodec, SQLiteStore, build_store
-from authsec_crewai.stores.base import EntryRejected, cache_identity, entry_name
+from authsec_crewai.stores.base import (
+    EntryRejected,
+    agent_identity,
+    cache_identity,
+    entry_name,
+    latest_name,
+)
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.mock import MockTransport
 
@@ -70,6 +76,12 @@ def broker_on(transport: MockTransport, client_id: str, store: Any) -> TokenBrok
     return TokenBroker(transport, client_id=client_id, store=store, close_transport=False)
 
 
+def names_of(client_id: str, scopes: str) -> list[str]:
+    """Where a token fetched for ``scopes`` is kept: under its key and as the agent's latest."""
+    request = TokenRequest.create(client_id, scopes)
+    return [entry_name(cache_identity(request)), latest_name(agent_identity(request))]
+
+
 async def items_of(store: Any) -> dict[str, bytes]:
     found = store.items()
     if hasattr(found, "__await__"):
@@ -107,6 +119,19 @@ async def test_brokers_sharing_a_store_fetch_once(
     assert all(s.store_errors == 0 for s in stats)
 
 
+async def test_a_stored_token_serves_the_scopes_it_covers(
+    make_store: StoreFactory, authority: MockAuthority, client_id: str
+) -> None:
+    transport = CountingTransport(authority)
+    async with broker_on(transport, client_id, make_store()) as broker:
+        wide = await broker.token([SCOPE, "read:metrics"])
+    async with broker_on(transport, client_id, make_store()) as broker:
+        narrow = await broker.token(SCOPE)  # another key, covered by the agent's latest token
+        assert broker.stats.store_hits == 1
+    assert narrow.value == wide.value
+    assert transport.calls == 1
+
+
 async def test_nothing_readable_in_the_store(
     make_store: StoreFactory, authority: MockAuthority, client_id: str
 ) -> None:
@@ -137,18 +162,18 @@ async def test_a_tampered_entry_is_dropped_and_refetched(
     store = make_store()
     async with broker_on(transport, client_id, store) as broker:
         await broker.token(SCOPE)
-    name = entry_name(cache_identity(TokenRequest.create(client_id, SCOPE)))
     async with make_store() as raw:
-        (blob,) = await raw.get([name])
-        assert blob is not None
-        await raw.put(name, blob[:-1] + bytes([blob[-1] ^ 1]), 60)
+        for name in names_of(client_id, SCOPE):  # the key's entry and the agent's latest
+            (blob,) = await raw.get([name])
+            assert blob is not None
+            await raw.put(name, blob[:-1] + bytes([blob[-1] ^ 1]), 60)
     with capture_logs() as logs:
         async with broker_on(transport, client_id, make_store()) as broker:
             token = await broker.token(SCOPE)
             assert broker.stats.store_hits == 0
     assert transport.calls == 2
     assert token.client_id == client_id
-    assert [log["event"] for log in logs].count("store.entry_rejected") == 1
+    assert [log["event"] for log in logs].count("store.entry_rejected") == 2
 
 
 async def test_an_entry_moved_to_another_agent_is_refused(
@@ -213,9 +238,8 @@ async def test_rotation_opens_entries_sealed_with_the_old_key(
         await broker.token(SCOPE)
         assert broker.stats.store_hits == 1
     assert transport.calls == 1
-    name = entry_name(cache_identity(TokenRequest.create(client_id, SCOPE)))
     async with make_store(keys=(KEY,)) as raw:
-        await raw.delete([name])
+        await raw.delete(names_of(client_id, SCOPE))
     async with broker_on(transport, client_id, make_store(keys=(OLD_KEY,))) as broker:
         await broker.token(SCOPE)  # sealed with OLD_KEY again
     async with broker_on(transport, client_id, make_store(keys=(KEY,))) as broker:

@@ -39,9 +39,11 @@ __all__ = [
     "StoredEntry",
     "TokenStore",
     "agent_digest",
+    "agent_identity",
     "cache_identity",
     "decode_key",
     "entry_name",
+    "latest_name",
     "lease_name",
     "revocation_name",
 ]
@@ -130,6 +132,13 @@ def cache_identity(request: TokenRequest) -> bytes:
     ).encode()
 
 
+def agent_identity(request: TokenRequest) -> bytes:
+    """The agent and audience without a scope set: what the agent's latest token is bound to."""
+    return json.dumps(
+        [request.client_id, sorted(request.audience), "*"], separators=(",", ":")
+    ).encode()
+
+
 def _digest(kind: bytes, data: bytes) -> str:
     return hashlib.sha256(_DOMAIN + kind + b"\0" + data).hexdigest()[:40]
 
@@ -137,6 +146,11 @@ def _digest(kind: bytes, data: bytes) -> str:
 def entry_name(identity: bytes) -> str:
     """Where the token for a cache key is kept."""
     return "t:" + _digest(b"entry", identity)
+
+
+def latest_name(agent: bytes) -> str:
+    """Where the agent's latest token is kept (it serves any scope set it covers)."""
+    return "a:" + _digest(b"latest", agent)
 
 
 def lease_name(identity: bytes) -> str:

@@ -39,8 +39,10 @@ from .base import (
     StoredEntry,
     TokenStore,
     agent_digest,
+    agent_identity,
     cache_identity,
     entry_name,
+    latest_name,
     lease_name,
     revocation_name,
 )
@@ -136,7 +138,7 @@ class Fleet:
                 token = None
             if token is None:
                 token = await fetch()
-                await self._write(identity, name, token)
+                await self._write(request, name, token)
             return token
         finally:
             with anyio.CancelScope(shield=True):
@@ -145,9 +147,31 @@ class Fleet:
     async def _read(
         self, request: TokenRequest, identity: bytes, name: str, accept: Accept
     ) -> DelegationToken | None:
-        blob, mark = await self._op(self.store.get([name, revocation_name(request.client_id)]))
-        if blob is None:
-            return None
+        """The entry for the key, else the agent's latest token if it covers the scopes."""
+        agent = agent_identity(request)
+        latest = latest_name(agent)
+        exact, wider, mark = await self._op(
+            self.store.get([name, latest, revocation_name(request.client_id)])
+        )
+        for found_identity, found_name, blob in ((identity, name, exact), (agent, latest, wider)):
+            if blob is None:
+                continue
+            entry = await self._open(request, found_identity, found_name, blob, mark)
+            if entry is None or (found_name == latest and not entry.token.covers(request.scopes)):
+                continue
+            if entry.written_at <= self._seen.get(name, -math.inf):
+                continue  # what this process already had: not a refresh
+            if not accept(entry.token, entry.written_at):
+                continue
+            self._seen[name] = entry.written_at
+            self.counts["store_hits"] += 1
+            return entry.token
+        return None
+
+    async def _open(
+        self, request: TokenRequest, identity: bytes, name: str, blob: bytes, mark: bytes | None
+    ) -> StoredEntry | None:
+        """The entry if it may be served at all; a poisoned one is deleted."""
         try:
             entry = StoredEntry.decode(self.store.codec.open(identity, blob))
             self._check(entry, request, mark)
@@ -158,13 +182,7 @@ class Fleet:
             _log.warning("store.entry_rejected", reason=redact_text(reason)[:200])
             await self._attempt(self.store.delete([name]))
             return None
-        if entry.written_at <= self._seen.get(name, -math.inf):
-            return None  # what this process already had: not a refresh
-        if not accept(entry.token, entry.written_at):
-            return None
-        self._seen[name] = entry.written_at
-        self.counts["store_hits"] += 1
-        return entry.token
+        return entry
 
     def _check(self, entry: StoredEntry, request: TokenRequest, mark: bytes | None) -> None:
         now, token = self._clock(), entry.token
@@ -182,15 +200,23 @@ class Fleet:
             if entry.written_at <= revoked_at:
                 raise EntryRejected("a token written before the agent was revoked")
 
-    async def _write(self, identity: bytes, name: str, token: DelegationToken) -> None:
-        """Share a fetched token (expiring with it) and wake the waiters; best effort."""
+    async def _write(self, request: TokenRequest, name: str, token: DelegationToken) -> None:
+        """Share a fetched token (expiring with it) and wake the waiters; best effort.
+
+        It is kept under its key and as the agent's latest token, which serves
+        any scope set it covers.
+        """
         now = self._clock()
         ttl = token.expires_at_ts - now
         if ttl <= 0:
             return
-        sealed = self.store.codec.seal(identity, StoredEntry(token, now).encode())
-        if await self._attempt(self.store.put(name, sealed, ttl)):
+        plain = StoredEntry(token, now).encode()
+        codec, agent = self.store.codec, agent_identity(request)
+        if await self._attempt(
+            self.store.put(name, codec.seal(cache_identity(request), plain), ttl)
+        ):
             self._seen[name] = now
+            await self._attempt(self.store.put(latest_name(agent), codec.seal(agent, plain), ttl))
             await self._attempt(self.store.publish(f"ready {name}"))
 
     # --- revocation --------------------------------------------------------------------
@@ -199,7 +225,9 @@ class Fleet:
         self, client_id: str, requests: Iterable[TokenRequest], fingerprint: str | None
     ) -> None:
         """Mark the agent revoked, delete the entries, tell every other process."""
+        requests = list(requests)
         names = [entry_name(cache_identity(request)) for request in requests]
+        names += sorted({latest_name(agent_identity(request)) for request in requests})
         mark = repr(self._clock()).encode()
         # Best effort: in an outage (logged once) other processes learn from the server.
         if not await self._attempt(self.store.put(revocation_name(client_id), mark, _MARK_SECONDS)):
