@@ -119,6 +119,32 @@ async def test_brokers_sharing_a_store_fetch_once(
     assert all(s.store_errors == 0 for s in stats)
 
 
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts reads: a cache hit must cause none."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=[KEY])
+        self.reads = 0
+
+    async def get(self, names: Any) -> list[bytes | None]:
+        self.reads += 1
+        return await super().get(names)
+
+
+async def test_a_cache_hit_never_touches_the_store(
+    authority: MockAuthority, client_id: str
+) -> None:
+    store = CountingStore()
+    async with broker_on(CountingTransport(authority), client_id, store) as broker:
+        await broker.token(SCOPE)
+        reads = store.reads
+        for _ in range(1000):
+            await broker.token(SCOPE)
+            broker.cached_token(SCOPE)
+        assert store.reads == reads
+        assert broker.stats.hits == 2000
+
+
 async def test_a_stored_token_serves_the_scopes_it_covers(
     make_store: StoreFactory, authority: MockAuthority, client_id: str
 ) -> None:

@@ -51,7 +51,7 @@ class RedisStore:
         prefix: str = "authsec:",
     ) -> None:
         try:
-            import coredis
+            import coredis  # noqa: F401 (fail at configuration time, not at first use)
         except ImportError:
             raise ConfigurationError(
                 "a Redis token store needs coredis: pip install 'authsec-crewai[redis]'"
@@ -68,18 +68,30 @@ class RedisStore:
         self.poll_interval = poll_interval
         self.prefix = prefix
         self.channel = f"{prefix}events"
-        self._client: coredis.Redis[bytes] = coredis.Redis.from_url(
-            url,
-            connect_timeout=timeout,
-            retry_policy=coredis.retry.NoRetryPolicy(),  # the fleet layer decides
-        )
-        self._release: Any = self._client.register_script(_RELEASE)
+        self._url = url
+        self._client_or_none: coredis.Redis[bytes] | None = None
+        self._release: Any = None
+
+    @property
+    def _client(self) -> coredis.Redis[bytes]:
+        if self._client_or_none is None:
+            raise RuntimeError("enter the store first (the broker does)")
+        return self._client_or_none
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r}, encrypted={self.codec.encrypts})"
 
     async def __aenter__(self) -> Self:
-        await self._client.__aenter__()
+        # A client per entry: coredis binds its pool to the event loop that enters it.
+        import coredis
+
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(
+            self._url,
+            connect_timeout=self.timeout,
+            retry_policy=coredis.retry.NoRetryPolicy(),  # the fleet layer decides
+        )
+        await client.__aenter__()
+        self._client_or_none, self._release = client, client.register_script(_RELEASE)
         return self
 
     async def __aexit__(
@@ -88,7 +100,9 @@ class RedisStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client.__aexit__(exc_type, exc, tb)
+        client, self._client_or_none = self._client_or_none, None
+        if client is not None:
+            await client.__aexit__(exc_type, exc, tb)
 
     async def items(self) -> dict[str, bytes]:
         """Every name and value under the prefix (what an attacker reading Redis sees)."""
