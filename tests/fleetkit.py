@@ -23,6 +23,11 @@ from typing import Any
 WORKER = Path(__file__).resolve().parent / "fleet_worker.py"
 
 
+def _inherited() -> dict[str, str]:
+    """The environment without the machine's own AUTHSEC_* settings: the test's only."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("AUTHSEC_")}
+
+
 class Worker:
     """One fleet process driven over stdin/stdout."""
 
@@ -34,7 +39,8 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env={**os.environ, **env},
+            env={**_inherited(), **env},
+            cwd=WORKER.parent,  # no stray .env file from wherever the tests run
             text=True,
             bufsize=1,
         )
