@@ -617,8 +617,11 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         options["clock"] = chosen.clock  # type: ignore[attr-defined]
         if client_id is None and chosen.mode == "replay":  # type: ignore[attr-defined]
             client_id = getattr(chosen, "client_id", None)
-    from .stores import build_store
+    else:
+        # A recorded session is one process's own: its tokens are never shared.
+        from .stores import build_store
 
+        options["store"] = build_store(settings)
     return TokenBroker(
         chosen,
         client_id=client_id or settings.effective_client_id,
@@ -626,6 +629,5 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         policy=refresh_policy(settings),
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
-        store=build_store(settings),
         **options,
     )

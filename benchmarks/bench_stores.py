@@ -37,11 +37,15 @@ sys.path.insert(0, str(TESTS))
 from _redis import RedisServer  # noqa: E402
 from fleetkit import mixed, start_fleet, stop_fleet  # noqa: E402
 
-from authsec_crewai.authority import MockAuthority  # noqa: E402
 from authsec_crewai.broker import TokenBroker  # noqa: E402
-from authsec_crewai.loopback import LoopbackServer  # noqa: E402
-from authsec_crewai.mockserver import TOKEN_PATH, MockFaults, create_app  # noqa: E402
 from authsec_crewai.stores import MemoryStore, SQLiteStore  # noqa: E402
+from authsec_crewai.testing import (  # noqa: E402
+    TOKEN_PATH,
+    LoopbackServer,
+    MockAuthority,
+    MockFaults,
+    create_app,
+)
 from authsec_crewai.transports.mock import MockTransport  # noqa: E402
 
 TASKS = 200

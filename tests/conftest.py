@@ -104,7 +104,6 @@ def authsec_server(
 
 # --- a real redis-server on a free loopback port (tests/_redis.py) -------------------------
 
-from pathlib import Path  # noqa: E402
 
 from _redis import RedisServer, require_redis_server  # noqa: E402
 

@@ -22,9 +22,14 @@ from _redis import RedisServer
 from fleetkit import Worker, mixed, start_fleet, stop_fleet
 from joserfc.jwk import RSAKey
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import TOKEN_PATH, Fault, MockFaults, create_app
+from authsec_crewai.testing import (
+    TOKEN_PATH,
+    Fault,
+    LoopbackServer,
+    MockAuthority,
+    MockFaults,
+    create_app,
+)
 
 KEY_TEXT = base64.urlsafe_b64encode(os.urandom(32)).decode()
 

@@ -22,7 +22,6 @@ from brokerkit import SIGNING_KEY
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.stores import MemoryStore, SealedCodec, SQLiteStore, build_store
@@ -33,6 +32,7 @@ from authsec_crewai.stores.base import (
     entry_name,
     latest_name,
 )
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.mock import MockTransport
 
