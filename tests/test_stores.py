@@ -419,3 +419,17 @@ def test_settings_errors_never_echo_the_key() -> None:
     with pytest.raises(errors.ConfigurationError) as caught:
         build_store(AuthSecSettings(store="sqlite:///t.db", store_key=secret))
     assert secret not in str(caught.value)
+
+
+def test_a_missing_redis_server_skips_locally_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import _redis
+
+    monkeypatch.setattr(_redis.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y redis-server"):
+        _redis.require_redis_server()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _redis.require_redis_server()
