@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from authsec_crewai.logging import configure
 from authsec_crewai.settings import AuthSecSettings, build_broker
 
 
@@ -36,7 +37,9 @@ def say(message: dict[str, Any]) -> None:
 
 
 async def main() -> None:
-    async with build_broker(AuthSecSettings()) as broker:
+    settings = AuthSecSettings()
+    configure("json", settings.log_level)  # to stderr, where the tests read it
+    async with build_broker(settings) as broker:
 
         def stats() -> dict[str, int]:
             return dataclasses.asdict(broker.stats)

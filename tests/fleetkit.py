@@ -57,7 +57,7 @@ class Worker:
 
     def stderr(self) -> str:
         self._stderr.seek(0)
-        return self._stderr.read()[-3000:]
+        return self._stderr.read()
 
     def send(self, **command: Any) -> None:
         assert self.process.stdin is not None
@@ -68,9 +68,11 @@ class Worker:
         try:
             found = self._answers.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"worker gave no answer in {timeout}s:\n{self.stderr()}") from None
+            raise AssertionError(
+                f"worker gave no answer in {timeout}s:\n{self.stderr()[-3000:]}"
+            ) from None
         if found is None:
-            raise AssertionError(f"worker exited ({self.process.poll()}):\n{self.stderr()}")
+            raise AssertionError(f"worker exited ({self.process.poll()}):\n{self.stderr()[-3000:]}")
         return found
 
     def ask(self, timeout: float = 60.0, **command: Any) -> dict[str, Any]:

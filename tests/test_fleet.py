@@ -207,4 +207,6 @@ def test_redis_stopping_and_starting_is_not_an_outage(
     assert [a["served"] for a in again] == [100] * 3
     assert server.counts() == requests_before + 1  # sharing resumed
     for worker in workers:
-        assert worker.stderr().count("store.unavailable") == 1  # one warning per outage
+        logged = worker.stderr()
+        assert logged.count("store.unavailable") == 1  # one warning per outage
+        assert logged.count("store.recovered") == 1
