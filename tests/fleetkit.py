@@ -122,9 +122,12 @@ def start_fleet(backends: Iterable[str], env: Mapping[str, str]) -> list[Worker]
     return workers
 
 
-def stop_fleet(workers: Iterable[Worker]) -> None:
+def stop_fleet(workers: Iterable[Worker], *, graceful: bool = True) -> None:
+    """Stop every worker: by asking (their brokers close), or at once by SIGTERM."""
     workers = list(workers)
     for worker in workers:  # all at once: each takes a moment to close its broker
+        if not graceful and worker.process.poll() is None:
+            worker.process.terminate()
         worker.quit()
     for worker in workers:
         worker.close()

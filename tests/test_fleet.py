@@ -88,7 +88,7 @@ def fleet() -> Iterator[Callable[..., list[Worker]]]:
         return workers
 
     yield start
-    stop_fleet(started)
+    stop_fleet(started, graceful=False)  # what was tested has been tested: no need to wait
 
 
 def herd_all(workers: list[Worker], n: int, scope: str = "read:records") -> list[dict[str, object]]:

@@ -51,10 +51,7 @@ def CountingTransport(authority: MockAuthority, latency: float = 0.0) -> MockTra
 StoreFactory = Callable[..., Any]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Builds store objects on one shared backend: one per simulated process."""
-    kind = request.param
+def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if kind == "memory":
         shared = MemoryStore(keys=[KEY])
         return lambda **_: shared
@@ -65,6 +62,18 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     from authsec_crewai.stores.redis import RedisStore
 
     return lambda keys=(KEY,), **kw: RedisStore(redis.url, keys=keys, encryption=bool(keys), **kw)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Builds store objects on one shared backend: one per simulated process."""
+    return _factory(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """The same, for the stores that take keys per process (encryption on or off)."""
+    return _factory(request.param, request, tmp_path)
 
 
 @pytest.fixture
@@ -224,7 +233,7 @@ async def test_an_entry_moved_to_another_agent_is_refused(
 
 
 async def test_an_entry_signed_by_someone_else_is_never_served(
-    make_store: StoreFactory, authority: MockAuthority, client_id: str
+    make_shared_store: StoreFactory, authority: MockAuthority, client_id: str
 ) -> None:
     """With encryption off, a forged entry (right shape, wrong signer) is caught by the verifier."""
     forger = MockAuthority(tenant_id=authority.tenant_id)  # its own RSA key
@@ -238,37 +247,33 @@ async def test_an_entry_signed_by_someone_else_is_never_served(
     plain = SealedCodec(())
     import time
 
-    async with make_store(keys=()) as raw:
-        if raw.codec.encrypts:
-            pytest.skip("this backend's test store always encrypts")
+    async with make_shared_store(keys=()) as raw:
         await raw.put(
             entry_name(identity),
             plain.seal(identity, StoredEntry(forged, time.time()).encode()),
             60,
         )
-    async with broker_on(transport, client_id, make_store(keys=())) as broker:
+    async with broker_on(transport, client_id, make_shared_store(keys=())) as broker:
         token = await broker.token(SCOPE)
     assert token.value != forged.value
     assert transport.calls == 1
 
 
 async def test_rotation_opens_entries_sealed_with_the_old_key(
-    make_store: StoreFactory, authority: MockAuthority, client_id: str
+    make_shared_store: StoreFactory, authority: MockAuthority, client_id: str
 ) -> None:
-    if isinstance(make_store(), MemoryStore):
-        pytest.skip("the in-process store has one codec")
     transport = CountingTransport(authority)
-    async with broker_on(transport, client_id, make_store(keys=(OLD_KEY,))) as broker:
+    async with broker_on(transport, client_id, make_shared_store(keys=(OLD_KEY,))) as broker:
         await broker.token(SCOPE)
-    async with broker_on(transport, client_id, make_store(keys=(KEY, OLD_KEY))) as broker:
+    async with broker_on(transport, client_id, make_shared_store(keys=(KEY, OLD_KEY))) as broker:
         await broker.token(SCOPE)
         assert broker.stats.store_hits == 1
     assert transport.calls == 1
-    async with make_store(keys=(KEY,)) as raw:
+    async with make_shared_store(keys=(KEY,)) as raw:
         await raw.delete(names_of(client_id, SCOPE))
-    async with broker_on(transport, client_id, make_store(keys=(OLD_KEY,))) as broker:
+    async with broker_on(transport, client_id, make_shared_store(keys=(OLD_KEY,))) as broker:
         await broker.token(SCOPE)  # sealed with OLD_KEY again
-    async with broker_on(transport, client_id, make_store(keys=(KEY,))) as broker:
+    async with broker_on(transport, client_id, make_shared_store(keys=(KEY,))) as broker:
         await broker.token(SCOPE)  # the old key is gone: refused, fetched
         assert broker.stats.store_hits == 0
     assert transport.calls == 3
@@ -377,7 +382,15 @@ async def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "tokens.db"
     async with SQLiteStore(path, keys=[KEY]) as store:
         await store.put("x", b"y", 10)
+        journals = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        assert all(stat.S_IMODE(j.stat().st_mode) == 0o600 for j in journals)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    planted = tmp_path / "planted.db"
+    planted.symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(OSError):
+        async with SQLiteStore(planted, keys=[KEY]):
+            pass
+    assert not (tmp_path / "elsewhere.db").exists()
     loose = tmp_path / "loose.db"
     loose.touch(mode=0o644)
     loose.chmod(0o644)

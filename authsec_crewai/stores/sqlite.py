@@ -220,7 +220,8 @@ class SQLiteStore:
 def _create_private(path: Path) -> None:
     """Create the database file owner-only before SQLite opens it; tighten an existing one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # O_NOFOLLOW: a symlink planted at the path must not redirect the tokens elsewhere.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         mode = os.fstat(fd).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
