@@ -140,6 +140,18 @@ class CountingStore(MemoryStore):
         return await super().get(names)
 
 
+async def test_a_late_holder_cannot_release_its_successors_lease(make_store: StoreFactory) -> None:
+    async with make_store() as store:
+        assert await store.acquire("l:x", "first", 0.1)
+        assert not await store.acquire("l:x", "second", 5)
+        await anyio.sleep(0.25)  # the first holder's lease ran out
+        assert await store.acquire("l:x", "second", 5)
+        await store.release("l:x", "first")  # compare-and-delete: not the first's any more
+        assert not await store.acquire("l:x", "third", 5)
+        await store.release("l:x", "second")
+        assert await store.acquire("l:x", "third", 5)
+
+
 async def test_a_cache_hit_never_touches_the_store(
     authority: MockAuthority, client_id: str
 ) -> None:
@@ -342,6 +354,29 @@ async def test_an_unreachable_store_is_not_an_outage(
     assert transport.calls == 2
     assert stats.store_errors >= 1
     assert [log["event"] for log in logs].count("store.unavailable") == 1
+
+
+async def test_a_hung_store_is_waited_on_only_as_long_as_its_timeout(
+    redis_server: RedisServer, authority: MockAuthority, client_id: str
+) -> None:
+    from authsec_crewai.stores.redis import RedisStore
+
+    transport = CountingTransport(authority)
+    store = RedisStore(redis_server.url, keys=[KEY], timeout=0.2)
+    async with broker_on(transport, client_id, store) as broker:
+        await broker.token(SCOPE)
+        broker.invalidate(await broker.token(SCOPE))
+        await anyio.sleep(0.1)
+        redis_server.pause()
+        try:
+            with anyio.fail_after(3):  # one store timeout, one fetch: far less than this
+                token = await broker.token(SCOPE)
+        finally:
+            redis_server.resume()
+        stats = broker.stats
+    assert token.client_id == client_id
+    assert transport.calls == 2
+    assert stats.store_errors >= 1
 
 
 class anyio_socket:
