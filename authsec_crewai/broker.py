@@ -217,7 +217,7 @@ class TokenBroker:
         self._monotonic = monotonic
         self._close_transport = close_transport
         self._rng = rng or random.Random()
-        self._mode = str(getattr(transport, "mode", type(transport).__name__))
+        self._mode = transport.info.mode
         self.store = store
         self._fleet: Fleet | None = None
 
@@ -255,7 +255,7 @@ class TokenBroker:
                 leeway=self._verify_leeway,
                 clock=self._clock,
                 # A replaying transport serves tokens whose signatures were redacted.
-                claims_only=bool(getattr(self.transport, "claims_only", False)),
+                claims_only=self.transport.info.claims_only,
             )
         if self.store is not None:
             from .stores.fleet import Fleet

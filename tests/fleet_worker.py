@@ -28,7 +28,8 @@ import anyio
 import anyio.to_thread
 
 from authsec_crewai.logging import configure
-from authsec_crewai.settings import AuthSecSettings, build_broker
+from authsec_crewai.settings import AuthSecSettings
+from authsec_crewai.wiring import build_broker
 
 
 def say(message: dict[str, Any]) -> None:
