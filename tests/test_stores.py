@@ -481,3 +481,21 @@ def test_a_missing_redis_server_skips_locally_and_fails_in_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         _redis.require_redis_server()
+
+
+async def test_build_broker_shares_through_the_configured_store(tmp_path: Path) -> None:
+    from authsec_crewai.wiring import build_broker
+
+    settings = AuthSecSettings(
+        mode="mock", store=f"sqlite:///{tmp_path}/t.db", store_key=_key_text(KEY)
+    )
+    # One authority for both, as one AuthSec serves a fleet (two mocks would sign with
+    # two keys, and each broker's verifier would rightly refuse the other's token).
+    transport = MockTransport(authority=MockAuthority(key=SIGNING_KEY))
+    first, second = build_broker(settings, transport), build_broker(settings, transport)
+    assert isinstance(first.store, SQLiteStore)
+    async with first, second:
+        token = await first.token(SCOPE)
+        assert (await second.token(SCOPE)).value == token.value
+        assert second.stats.store_hits == 1
+        assert second.stats.fetches == 0
