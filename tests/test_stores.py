@@ -499,3 +499,24 @@ async def test_build_broker_shares_through_the_configured_store(tmp_path: Path) 
         assert (await second.token(SCOPE)).value == token.value
         assert second.stats.store_hits == 1
         assert second.stats.fetches == 0
+
+
+async def test_one_broker_many_agents_share_and_revoke_per_agent(
+    make_store: StoreFactory, authority: MockAuthority
+) -> None:
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    transport = CountingTransport(authority)
+    first = TokenBroker(transport, store=make_store(), close_transport=False)
+    second = TokenBroker(transport, store=make_store(), close_transport=False)
+    async with first, second:
+        await anyio.sleep(0.2)  # both listeners subscribed
+        for agent in (alice, bob):
+            token = await first.token(SCOPE, agent)
+            assert (await second.token(SCOPE, agent)).value == token.value
+        assert transport.calls == 2  # one per agent, for both brokers
+        assert second.stats.store_hits == 2
+        first.invalidate(await first.token(SCOPE, alice))
+        with anyio.fail_after(2):
+            while second.agent(alice).cached_token(SCOPE) is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        assert second.agent(bob).cached_token(SCOPE) is not None  # another agent: untouched
