@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio.lowlevel
 import httpx
 from crewai.tools import BaseTool, EnvVar
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from . import errors
 from ._brokerthread import BrokerThread
@@ -209,8 +209,9 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
     """What decides how a broker gets tokens: tools equal in all of it share a broker.
 
     The mode and server, the API token (as a hash: the registry must not hold
-    secrets in its keys), audience, verification and the refresh policy. The
-    agent (client id) is deliberately absent: one broker serves every agent,
+    secrets in its keys), audience, verification, the refresh policy and the
+    shared store (its URL and keys, hashed too). The agent (client id) is
+    deliberately absent: one broker serves every agent,
     each with its own cache, so a process runs one broker however many
     identities its tools act for. Per-tool policy (allowlists, methods, size
     cap, API origin) is absent too: it does not change the tokens, only their use.
@@ -227,7 +228,24 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
         settings.retry_budget,
         refresh_policy(settings),
         None if settings.cassette is None else str(settings.cassette.resolve()),
+        _digest(
+            settings.store,
+            _secret(settings.store_key),
+            _secret(settings.store_old_key),
+            settings.store_encryption,
+            settings.store_timeout,
+            settings.store_lease,
+        ),
     )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def _digest(*parts: object) -> str:
+    """A SHA-256 of ``parts``: a registry key that holds no secret (a store URL may)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def _shared_runtime(key: Hashable, factory: Callable[[], BrokerThread]) -> BrokerThread:

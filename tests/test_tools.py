@@ -8,6 +8,7 @@ threads and from asyncio and trio event loops.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -121,6 +122,21 @@ def test_tools_configured_alike_share_one_broker() -> None:
     )
     copy = a.model_copy()  # (deep copies of any crewai BaseTool fail on its own lock)
     assert copy.broker is a.broker
+
+
+def test_tools_on_different_shared_stores_do_not_share_a_broker(tmp_path: Any) -> None:
+    """A tool configured for another token store must not get the first tool's store."""
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    other_key = base64.urlsafe_b64encode(bytes(range(1, 33))).decode()
+    sqlite = {"store": f"sqlite:///{tmp_path / 'tokens.db'}", "store_key": key}
+    in_memory = AuthSecSecureFetchTool(settings=mock_settings())
+    shared = AuthSecSecureFetchTool(settings=mock_settings(**sqlite))
+    same_store = AuthSecSecureFetchTool(settings=mock_settings(**sqlite))
+    rekeyed = {**sqlite, "store_key": other_key}
+    other_key_tool = AuthSecSecureFetchTool(settings=mock_settings(**rekeyed))
+    assert shared.broker is same_store.broker
+    assert shared.broker is not in_memory.broker
+    assert other_key_tool.broker is not shared.broker
 
 
 def test_broker_and_transport_can_be_wired_by_hand(client_id: str) -> None:
