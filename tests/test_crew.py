@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -147,6 +148,25 @@ def test_the_demo_command_runs_a_crew_offline() -> None:
     assert "6 people on file" in result.stdout and "insufficient_scope" in result.stdout
     assert "eyJ" not in result.output  # no JWT, not even a header
     assert not (Path.cwd() / ".crewai").exists()
+
+
+def test_the_demo_reads_well_at_80_columns_with_identifiers_whole() -> None:
+    result = CliRunner().invoke(
+        main, ["demo"], env={"COLUMNS": "80", "AUTHSEC_LOG_LEVEL": "INFO"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    jtis = re.findall(r"jti ([0-9a-f-]{36})\b", result.stdout)
+    assert jtis, result.stdout  # each held token's jti, whole on one line
+    for jti in jtis:
+        assert f"jti={jti}" in result.stderr  # and the same id is in the log lines
+    for endpoint in ("secure-vault/records", "secure-vault/metrics", "secure-vault/audit-log"):
+        assert any(endpoint in line and "fetch." in line for line in lines), endpoint
+    assert any("Crew.kickoff()" in line and re.search(r"\d\.\d\ds", line) for line in lines)
+    # AUTHSEC_LOG_LEVEL=INFO: the library's lines, on stderr only
+    assert "token.issued" in result.stderr and "fingerprint=" in result.stderr
+    assert "eyJ" not in result.output
 
 
 def _load_example(name: str) -> Any:
