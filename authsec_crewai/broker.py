@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Self
 
 import anyio
 
-from . import errors
+from . import errors, telemetry
 from ._loopref import LoopRef
 from .logging import get_logger
 from .redact import redact_text
@@ -163,6 +163,7 @@ class _Flight:
     done: bool = False
     token: DelegationToken | None = None
     error: errors.AuthSecError | None = None
+    parent: object = field(default_factory=telemetry.current_context)  # the asker's trace
 
 
 @dataclass(slots=True)
@@ -249,6 +250,7 @@ class TokenBroker:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg, self._home = tg, LoopRef.current()
+        telemetry.track(self, self._mode)
         return self
 
     async def __aexit__(
@@ -267,6 +269,7 @@ class TokenBroker:
         if self._closed:
             return
         self._closed = True
+        telemetry.untrack(self)
         tg, self._tg = self._tg, None
         if tg is not None:
             tg.cancel_scope.cancel()
@@ -311,7 +314,7 @@ class TokenBroker:
         served = self._serve_cached(request)
         if served is not None:
             return served
-        return await self._wait_for_fetch(request)
+        return await telemetry.counted_fetch(self._mode, self._wait_for_fetch(request))
 
     def cached_token(self, scopes: ScopesLike) -> DelegationToken | None:
         """The token for ``scopes`` if it can be served without waiting, else None.
@@ -472,7 +475,10 @@ class TokenBroker:
         if self._tg is None:
             self._complete(flight, error=errors.BrokerClosedError("the broker was closed"))
         else:
-            self._tg.start_soon(self._run_flight, flight)
+            scopes = flight.request.scopes
+            self._tg.start_soon(
+                telemetry.traced_fetch, self._run_flight, flight, self._mode, scopes
+            )
 
     async def _run_flight(self, flight: _Flight) -> None:
         with self._lock:

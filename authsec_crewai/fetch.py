@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import httpx
 
-from . import __version__, errors
+from . import __version__, errors, telemetry
 from ._capped import BodyTooLarge, read_capped
 from .logging import get_logger
 from .redact import mask_jwt, redact_text
@@ -618,7 +618,13 @@ class SecureFetcher:
         attempts = 1
         while True:
             try:
-                status, headers, body = await self._send(verb, url, pairs, token)
+                status, headers, body = await telemetry.api_call(
+                    self._send(verb, url, pairs, token),
+                    method=verb,
+                    path=path,
+                    token=token,
+                    mode=self.mode,
+                )
                 if status == 401 and attempts == 1:
                     _log.info(
                         "fetch.retry",
