@@ -33,13 +33,13 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
 import httpx
 from crewai.tools import BaseTool, EnvVar
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr
 
 from . import errors
 from ._brokerthread import BrokerThread
@@ -48,6 +48,7 @@ from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_re
 from .logging import get_logger
 from .settings import AuthSecSettings, build_broker, env_var, refresh_policy
 from .sync import SyncTokenBroker
+from .toolspec import DEFAULT_TOOL_NAME, QueryParam, SecureFetchArgs, describe_tool
 
 if TYPE_CHECKING:
     from .fetch import FetchResult
@@ -65,90 +66,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_TOOL_NAME = "authsec_secure_vault_fetcher"
-"""The name the authsec-crewai 0.1 tool had, so existing prompts and crews keep working."""
-
 _log = get_logger("authsec_crewai.tools")
-
-
-# --- the arguments the model fills in -----------------------------------------------------------
-
-
-class QueryParam(BaseModel):
-    """One query parameter.
-
-    A list of name/value objects rather than a free-form object, because
-    strict function-calling schemas (OpenAI ``strict: true``) cannot express an
-    object with arbitrary keys: a model would only ever be able to send ``{}``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Parameter name, e.g. 'page'.")
-    value: str = Field(description="Parameter value, as text, e.g. '2'.")
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _scalar_to_text(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return str(value)
-        return value
-
-
-class SecureFetchArgs(BaseModel):
-    """The tool's arguments, as the model sees them."""
-
-    endpoint: str = Field(
-        description="Path relative to the protected API, e.g. 'secure-vault/records'. "
-        "Never a full URL or host; no '..', '?', '#' or percent-escapes."
-    )
-    scope: str = Field(
-        description="The permission this call needs, shaped 'resource:action', "
-        "e.g. 'read:records' or 'read:metrics'."
-    )
-    params: list[QueryParam] | None = Field(
-        default=None,
-        description="Optional query parameters, e.g. [{'name': 'page', 'value': '2'}].",
-    )
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _object_to_pairs(cls, value: Any) -> Any:
-        """Accept ``{"page": "2"}`` too: people (and ReAct models) write it that way."""
-        if isinstance(value, Mapping):
-            return [{"name": key, "value": item} for key, item in value.items()]
-        return value
-
-
-def describe_tool(settings: AuthSecSettings) -> str:
-    """The description the model reads: what endpoints and scopes look like, and the result.
-
-    Configured allowlists are spelled out, so a model does not have to learn
-    them by being refused.
-    """
-    lines = [
-        "Fetches data from the AuthSec-protected API with a short-lived delegation token "
-        "limited to the scope of this call, and returns the API's JSON answer.",
-        "endpoint: a path relative to the API, e.g. 'secure-vault/records' or "
-        "'secure-vault/metrics'; never a full URL or host name, and no '..', '?', '#' or "
-        "percent-escapes.",
-        "scope: the one permission the call needs, shaped 'resource:action', e.g. "
-        "'read:records' for secure-vault/records and 'read:metrics' for secure-vault/metrics.",
-        "params: optional query parameters, a list of {name, value}.",
-        'The result is JSON: {"status": "ok", "endpoint": ..., "scope": ..., "data": ...} or '
-        '{"status": "error", "error": <kind>, "message": ..., "retryable": true|false}. '
-        'Read the message; do not repeat a call whose error has "retryable": false.',
-    ]
-    if settings.allowed_endpoints is not None:
-        prefixes = ", ".join(repr(p) for p in settings.allowed_endpoints) or "none"
-        lines.append(f"Allowed endpoint prefixes: {prefixes}.")
-    if settings.allowed_scopes is not None:
-        lines.append(f"Allowed scopes: {', '.join(settings.allowed_scopes) or 'none'}.")
-    if settings.allowed_methods != ["GET"]:
-        lines.append(f"Allowed methods: {', '.join(settings.allowed_methods)}.")
-    return "\n".join(lines)
 
 
 def _env_vars() -> list[EnvVar]:

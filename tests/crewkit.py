@@ -54,9 +54,11 @@ def crewai_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
         if name.startswith("AUTHSEC_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
+    was_configured, saved = structlog.is_configured(), structlog.get_config()
     yield
     structlog.configure(**saved)
+    if not was_configured:  # the library's events go back to stdlib logging
+        structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

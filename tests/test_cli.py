@@ -28,9 +28,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> It
         if name.startswith("AUTHSEC_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
+    was_configured, saved = structlog.is_configured(), structlog.get_config()
     yield
     structlog.configure(**saved)
+    if not was_configured:  # the library's events go back to stdlib logging
+        structlog.reset_defaults()
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> Result:
