@@ -5,8 +5,12 @@ refusal, an API error) must come back exactly as the CrewAI tool answers it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -312,9 +316,6 @@ async def test_openai_agents_run_without_a_fetcher_fails_clearly() -> None:
 
 
 def test_importing_the_library_loads_no_framework() -> None:
-    import subprocess
-    import sys
-
     script = (
         "import sys, authsec_crewai, authsec_crewai.toolspec, authsec_crewai.integrations\n"
         "print(sorted(m for m in ('crewai', 'langchain_core', 'pydantic_ai', 'agents') "
@@ -324,3 +325,28 @@ def test_importing_the_library_loads_no_framework() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+# --- the examples, as a user runs them ----------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("example", ["langchain_tool", "pydantic_ai_agent", "openai_agents_tool"])
+def test_each_framework_example_runs_offline_as_a_script(example: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSEC_", "OPENAI_"))}
+    env["AUTHSEC_MODE"] = "mock"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{example}.py")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["secure-vault/records: ok", "secure-vault/metrics: ok"], done.stdout
+    assert "insufficient_scope" in lines[2]
+    assert "eyJ" not in done.stdout + done.stderr
