@@ -17,8 +17,8 @@ from joserfc.jwk import RSAKey
 from authsec_crewai import errors
 from authsec_crewai.auth import BrokerAuth
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.sync import SyncTokenBroker
+from authsec_crewai.testing import TOKEN_PATH, Fault
 from authsec_crewai.transports.live import LiveTransport
 from authsec_crewai.transports.mock import MockTransport
 

@@ -65,7 +65,9 @@ class Otel:
 
 
 @pytest.fixture
-def otel() -> Iterator[Otel]:
+def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Otel]:
+    # The crew tests quiet crewai with OTEL_SDK_DISABLED, which the SDK's providers obey.
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     exporter = InMemorySpanExporter()
