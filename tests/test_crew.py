@@ -210,3 +210,34 @@ def test_async_app_example_runs_as_a_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "secure-vault/records: ok" in done.stdout
+
+
+def test_seed_crew_example_makes_no_network_attempt_offline(tmp_path: Path) -> None:
+    """Offline, CrewAI's telemetry held the program for 10-15 s after its answer, trying
+    to reach its servers. Run as a user would (no CrewAI variable set), with every
+    connection refused and reported: the example must not try at all."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTHSEC_", "CREWAI_", "OTEL_", "OPENAI_"))
+    }
+    env["AUTHSEC_MODE"] = "mock"
+    runner = (
+        "import runpy, sys\n"
+        "from authsec_crewai.testing import block_network\n"
+        "with block_network('the example runs offline') as attempts:\n"
+        f"    runpy.run_path({str(EXAMPLES / 'seed_crew.py')!r}, run_name='__main__')\n"
+        "print('ATTEMPTS', attempts)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", runner],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 people on file" in done.stdout
+    assert "ATTEMPTS []" in done.stdout, done.stdout[-2000:]
