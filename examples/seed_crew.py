@@ -31,11 +31,11 @@ import os
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
-from crewai import LLM, Agent, BaseLLM, Crew, Task  # noqa: E402
+from crewai import LLM, Agent, BaseLLM, Crew, Task
 
-from authsec_crewai.demo import ScriptedVaultLLM  # noqa: E402
-from authsec_crewai.logging import configure  # noqa: E402
-from authsec_crewai.tools import AuthSecSecureFetchTool  # noqa: E402
+from authsec_crewai.demo import ScriptedVaultLLM
+from authsec_crewai.logging import configure
+from authsec_crewai.tools import AuthSecSecureFetchTool
 
 
 def choose_llm() -> BaseLLM:
