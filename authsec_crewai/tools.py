@@ -260,6 +260,18 @@ class _Binding:
         )
 
 
+def _check_configuration(settings: AuthSecSettings) -> None:
+    """A broken configuration fails when the tool is built, not on every call mid-crew."""
+    mode = settings.resolved_mode  # live without its settings, record/replay without a file
+    cassette = settings.cassette
+    if mode == "replay" and cassette is not None and not cassette.is_file():
+        raise errors.ConfigurationError(
+            f"AUTHSEC_CASSETTE={cassette} does not exist, so AUTHSEC_MODE=replay has nothing "
+            f"to replay; record it first: authsec-crewai record -o {cassette} -- python "
+            "your_crew.py"
+        )
+
+
 # --- the tools ----------------------------------------------------------------------------------
 
 
@@ -298,7 +310,7 @@ class _SecureFetchTool(BaseTool):
             raise errors.ConfigurationError("pass broker= or transport=, not both")
         resolved = settings if settings is not None else AuthSecSettings()
         if broker is None and transport is None:
-            resolved.resolved_mode  # noqa: B018 - a broken configuration fails here, not mid-crew
+            _check_configuration(resolved)
         if not data.get("description"):
             data["description"] = describe_tool(resolved)
         data.setdefault("cache_function", cache_successes)

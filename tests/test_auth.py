@@ -131,8 +131,10 @@ def test_a_sync_client_with_a_sync_broker_from_many_threads(
             thread.join(60)
         assert not any(thread.is_alive() for thread in threads)
     assert statuses == [200] * 16
-    assert authsec_server.count(TOKEN_PATH) == 2
-    assert authorizations(authsec_server).count(f"Bearer {old.value}") == 16
+    assert authsec_server.count(TOKEN_PATH) == 2  # however many threads were refused
+    sent = authorizations(authsec_server)
+    refused = sent.count(f"Bearer {old.value}")  # a late thread may start on the new token
+    assert refused >= 1 and len(sent) == 16 + refused  # each refusal retried exactly once
 
 
 @pytest.mark.anyio
