@@ -17,9 +17,8 @@ import anyio
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from authsec_crewai import AuthSecSettings, SecureFetcher
+from authsec_crewai import AuthSecSettings, build_broker, build_fetcher
 from authsec_crewai.integrations.langchain import secure_fetch_tool
-from authsec_crewai.settings import build_broker
 
 READS = [
     ("secure-vault/records", "read:records"),
@@ -31,7 +30,7 @@ READS = [
 async def run() -> list[dict[str, object]]:
     settings = AuthSecSettings()
     async with build_broker(settings) as broker:
-        tool = secure_fetch_tool(SecureFetcher(broker, settings))
+        tool = secure_fetch_tool(build_fetcher(broker, settings))
         calls = [
             {"name": tool.name, "args": {"endpoint": e, "scope": s}, "id": f"call_{i}"}
             for i, (e, s) in enumerate(READS)

@@ -24,9 +24,8 @@ from openai.types.responses import (
     ResponseOutputText,
 )
 
-from authsec_crewai import AuthSecSettings, SecureFetcher
+from authsec_crewai import AuthSecSettings, build_broker, build_fetcher
 from authsec_crewai.integrations.openai_agents import secure_fetch_tool
-from authsec_crewai.settings import build_broker
 
 READS = [
     ("secure-vault/records", "read:records"),
@@ -81,7 +80,7 @@ async def run() -> str:
         result = await Runner.run(
             agent,
             "Brief me on the secure vault",
-            context=SecureFetcher(broker, settings),
+            context=build_fetcher(broker, settings),
             run_config=RunConfig(tracing_disabled=True),  # offline: no trace upload
         )
     print(result.final_output)

@@ -18,9 +18,8 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from authsec_crewai import AuthSecSettings, SecureFetcher
+from authsec_crewai import AuthSecSettings, SecureFetcher, build_broker, build_fetcher
 from authsec_crewai.integrations.pydantic_ai import secure_fetch_tool
-from authsec_crewai.settings import build_broker
 
 READS = [
     ("secure-vault/records", "read:records"),
@@ -67,7 +66,7 @@ async def run() -> str:
     settings = AuthSecSettings()
     async with build_broker(settings) as broker:
         result = await agent.run(
-            "Brief me on the secure vault", deps=Deps(SecureFetcher(broker, settings))
+            "Brief me on the secure vault", deps=Deps(build_fetcher(broker, settings))
         )
     print(result.output)
     return result.output

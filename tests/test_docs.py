@@ -43,8 +43,7 @@ _DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*([\w-]+)\s*-->\s*$")
 FETCHER_PRELUDE = """\
 import anyio
 
-from authsec_crewai import AuthSecSettings, SecureFetcher
-from authsec_crewai.settings import build_broker
+from authsec_crewai import AuthSecSettings, SecureFetcher, build_broker, build_fetcher
 
 
 async def _block(fetcher: SecureFetcher) -> None:
@@ -54,7 +53,7 @@ async def _block(fetcher: SecureFetcher) -> None:
 async def _main() -> None:
     settings = AuthSecSettings(mode="mock")
     async with build_broker(settings) as broker:
-        await _block(SecureFetcher(broker, settings))
+        await _block(build_fetcher(broker, settings))
 
 
 anyio.run(_main)

@@ -22,6 +22,7 @@ from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.tools import AuthSecSecureFetchTool
 from authsec_crewai.toolspec import DEFAULT_TOOL_NAME
 from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.wiring import build_fetcher
 
 CLIENT_ID = "6f1c2b9e-2f4d-4c1a-9a57-3d0f5b8e7a21"
 
@@ -83,7 +84,7 @@ def crewai_answers() -> list[dict[str, Any]]:
 async def mock_fetcher() -> AsyncIterator[SecureFetcher]:
     configured = settings()
     async with TokenBroker(MockTransport(), client_id=CLIENT_ID) as broker:
-        yield SecureFetcher(broker, configured)
+        yield build_fetcher(broker, configured)
 
 
 def assert_same_as_crewai(texts: list[str], reference: list[dict[str, Any]]) -> None:

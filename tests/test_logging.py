@@ -531,7 +531,7 @@ _LIBRARY_USE = """
 import logging, sys
 import anyio
 from authsec_crewai import AuthSecSettings, SecureFetcher
-from authsec_crewai.settings import build_broker
+from authsec_crewai import build_broker, build_fetcher
 
 if sys.argv[1:] == ["basic"]:
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
@@ -540,7 +540,7 @@ async def main():
     settings = AuthSecSettings()  # auto mode, nothing set: mock, with a warning
     async with build_broker(settings) as broker:
         token = await broker.token("read:records")
-        await SecureFetcher(broker, settings).fetch("secure-vault/records", "read:records")
+        await build_fetcher(broker, settings).fetch("secure-vault/records", "read:records")
         broker.invalidate(token)
         return token
 

@@ -24,10 +24,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from authsec_crewai import errors, telemetry
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.fetch import SecureFetcher
 from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.token import DelegationToken
 from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.wiring import build_fetcher
 
 
 @dataclass
@@ -153,7 +153,7 @@ async def test_spans_are_children_of_the_callers_span_and_carry_no_token(
     otel: Otel, client_id: str
 ) -> None:
     async with broker_for(MockTransport(), client_id) as b:
-        fetcher = SecureFetcher(b)
+        fetcher = build_fetcher(b)
         with otel.tracer.start_as_current_span("app.request") as parent:
             result = await fetcher.fetch("secure-vault/records", "read:records")
         token = b.cached_token("read:records")
@@ -179,7 +179,7 @@ async def test_spans_are_children_of_the_callers_span_and_carry_no_token(
 async def test_failures_are_marked_on_their_spans(otel: Otel, client_id: str) -> None:
     transport = MockTransport()
     async with broker_for(transport, client_id) as b:
-        fetcher = SecureFetcher(b)
+        fetcher = build_fetcher(b)
         with pytest.raises(errors.ProtectedApiError):
             await fetcher.fetch("secure-vault/nowhere", "read:records")
         transport.fail_next(1, 503)
@@ -221,13 +221,13 @@ def test_an_application_without_opentelemetry_never_imports_it() -> None:
     script = """
 import sys, uuid, anyio
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.fetch import SecureFetcher
+from authsec_crewai.wiring import build_fetcher
 from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.transports.mock import MockTransport
 
 async def main():
     async with TokenBroker(MockTransport(), client_id=str(uuid.uuid4())) as broker:
-        await SecureFetcher(broker).fetch("secure-vault/records", "read:records")
+        await build_fetcher(broker).fetch("secure-vault/records", "read:records")
 
 anyio.run(main)
 with SyncTokenBroker(MockTransport(), client_id=str(uuid.uuid4())) as sync:

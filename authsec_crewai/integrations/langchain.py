@@ -3,7 +3,7 @@
 Install with ``pip install 'authsec-crewai[langchain]'``::
 
     async with build_broker(settings) as broker:
-        tool = secure_fetch_tool(SecureFetcher(broker, settings))
+        tool = secure_fetch_tool(build_fetcher(broker, settings))
         message = await tool.ainvoke(tool_call)  # a ToolMessage with the JSON result
 
 The tool is async only (``ainvoke``, which LangChain's async agents and

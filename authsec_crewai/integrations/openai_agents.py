@@ -4,7 +4,7 @@ Install with ``pip install 'authsec-crewai[openai-agents]'``::
 
     agent = Agent(name="analyst", tools=[secure_fetch_tool()])
     async with build_broker(settings) as broker:
-        await Runner.run(agent, "Brief me", context=SecureFetcher(broker, settings))
+        await Runner.run(agent, "Brief me", context=build_fetcher(broker, settings))
 
 The fetcher comes from the run's ``context`` (itself, or its ``fetcher``
 attribute), or is fixed when the tool is made: ``secure_fetch_tool(fetcher)``.

@@ -8,7 +8,7 @@ Install with ``pip install 'authsec-crewai[pydantic-ai]'``::
 
     agent = Agent(model, deps_type=Deps, tools=[secure_fetch_tool()])
     async with build_broker(settings) as broker:
-        result = await agent.run("Brief me", deps=Deps(SecureFetcher(broker, settings)))
+        result = await agent.run("Brief me", deps=Deps(build_fetcher(broker, settings)))
 
 The fetcher (and so the broker, its token cache and its connections) belongs
 to the application and reaches the tool through PydanticAI's dependency
