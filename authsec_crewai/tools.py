@@ -33,7 +33,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
@@ -44,15 +44,21 @@ from pydantic import BaseModel, Field, PrivateAttr
 from . import errors
 from ._brokerthread import BrokerThread
 from .broker import TokenBroker
-from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
+from .fetch import OK_PREFIX, ParamsLike, SecureFetcher
 from .logging import get_logger
 from .settings import AuthSecSettings, env_var
 from .sync import SyncTokenBroker
-from .toolspec import DEFAULT_TOOL_NAME, QueryParam, SecureFetchArgs, describe_tool
+from .toolspec import (
+    DEFAULT_TOOL_NAME,
+    QueryParam,
+    SecureFetchArgs,
+    describe_tool,
+    failure_text,
+    fetch_text,
+)
 from .wiring import build_broker, build_fetcher, client_id_for, refresh_policy
 
 if TYPE_CHECKING:
-    from .fetch import FetchResult
     from .transports.base import Transport
 
 __all__ = [
@@ -339,28 +345,18 @@ class _SecureFetchTool(BaseTool):
         """The (shared) broker this tool gets its tokens from; starts it if needed."""
         return self._binding.get()[0].broker
 
-    def _fetch_call(
-        self, endpoint: str, scope: str, params: ParamsLike
-    ) -> tuple[BrokerThread, Callable[[], Awaitable[FetchResult]]]:
-        runtime, fetcher = self._binding.get()
-        return runtime, functools.partial(fetcher.fetch, endpoint, scope, params=params)
-
-    def _failure(self, exc: Exception) -> str:
-        if not isinstance(exc, errors.AuthSecError):
-            _log.error("tools.unexpected_error", tool=self.name, exc_info=exc)
-        return render_result(error_result(exc))
-
     def _run(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch synchronously; safe from any thread, also one running an event loop.
 
         Returns the result as JSON text; failures are returned, not raised.
         """
         try:
-            runtime, call = self._fetch_call(endpoint, scope, params)
-            result = runtime.call(call)
-        except Exception as exc:
-            return self._failure(exc)
-        return render_result(result.to_dict())
+            runtime, fetcher = self._binding.get()
+            return runtime.call(
+                functools.partial(fetch_text, fetcher, endpoint, scope, params, tool=self.name)
+            )
+        except Exception as exc:  # the runtime itself failed (closed, interrupted)
+            return failure_text(exc, tool=self.name)
 
 
 class AuthSecSecureFetchTool(_SecureFetchTool):
@@ -408,7 +404,6 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
         """Fetch asynchronously; returns the result as JSON text, failures included."""
         try:
             fetcher = self._binding.fetcher_on_this_loop()
-            result = await fetcher.fetch(endpoint, scope, params=params)
         except Exception as exc:
-            return self._failure(exc)
-        return render_result(result.to_dict())
+            return failure_text(exc, tool=self.name)
+        return await fetch_text(fetcher, endpoint, scope, params, tool=self.name)

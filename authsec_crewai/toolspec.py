@@ -26,6 +26,7 @@ __all__ = [
     "SecureFetchArgs",
     "ToolPolicy",
     "describe_tool",
+    "failure_text",
     "fetch_text",
     "fetcher_from",
 ]
@@ -168,9 +169,15 @@ async def fetch_text(
     try:
         result = await fetcher.fetch(endpoint, scope, params=_plain(params))
     except Exception as exc:
-        from .errors import AuthSecError
-
-        if not isinstance(exc, AuthSecError):
-            _log.error("tools.unexpected_error", tool=tool, exc_info=exc)
-        return render_result(error_result(exc))
+        return failure_text(exc, tool=tool)
     return render_result(result.to_dict())
+
+
+def failure_text(exc: Exception, *, tool: str = DEFAULT_TOOL_NAME) -> str:
+    """A failure as the JSON text a model reads; one that is not the library's is logged
+    with its traceback (it is a bug, and the model only sees ``internal_error``)."""
+    from .errors import AuthSecError
+
+    if not isinstance(exc, AuthSecError):
+        _log.error("tools.unexpected_error", tool=tool, exc_info=exc)
+    return render_result(error_result(exc))
