@@ -56,7 +56,6 @@ __all__ = [
     "api_ended",
     "api_span",
     "count_request",
-    "counted_fetch",
     "current_context",
     "instrument",
     "token_attributes",
@@ -171,19 +170,6 @@ def count_request(mode: str, source: str, outcome: str) -> None:
     """One token request served (or failed) from ``source``: ``cache``, ``store`` or ``fetch``."""
     with _lock:
         _totals[(mode, source, outcome)] += 1
-
-
-async def counted_fetch(mode: str, waiting: Awaitable[T]) -> T:
-    """Await a caller's wait for a fetch, counting it as a ``fetch`` request by outcome."""
-    from .errors import AuthSecError
-
-    try:
-        result = await waiting
-    except AuthSecError:
-        count_request(mode, "fetch", "error")
-        raise
-    count_request(mode, "fetch", "ok")
-    return result
 
 
 def _observe_requests(options: CallbackOptions) -> Iterable[Observation]:

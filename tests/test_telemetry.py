@@ -177,14 +177,14 @@ async def test_spans_are_children_of_the_callers_span_and_carry_no_token(
 
 @pytest.mark.anyio
 async def test_failures_are_marked_on_their_spans(otel: Otel, client_id: str) -> None:
-    transport = MockTransport()
-    async with broker_for(transport, client_id) as b:
-        fetcher = build_fetcher(b)
+    async with broker_for(MockTransport(), client_id) as b:
         with pytest.raises(errors.ProtectedApiError):
-            await fetcher.fetch("secure-vault/nowhere", "read:records")
-        transport.fail_next(1, 503)
+            await build_fetcher(b).fetch("secure-vault/nowhere", "read:records")
+    failing = MockTransport()
+    failing.fail_next(1, 503)
+    async with broker_for(failing, client_id) as b:
         with pytest.raises(errors.AuthSecError):
-            await b.token("write:other")
+            await b.token("read:records")
     (call,) = otel.spans("authsec.api.call")
     assert call.attributes["http.response.status_code"] == 404
     assert call.status.status_code.name == "ERROR"
