@@ -36,6 +36,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
@@ -57,7 +58,9 @@ __all__ = [
     "api_span",
     "count_request",
     "current_context",
+    "flight_source",
     "instrument",
+    "run_within",
     "token_attributes",
     "traced_fetch",
     "track",
@@ -226,52 +229,58 @@ def token_attributes(token: DelegationToken) -> dict[str, Any]:
     }
 
 
-async def traced_fetch(
-    run: Callable[[Any], Awaitable[None]],
-    flight: Any,
-    mode: str,
-    scopes: Iterable[str],
-) -> None:
-    """Run one broker fetch (``run(flight)``) inside an ``authsec.token.fetch`` span.
+async def run_within(parent: Context | None, work: Callable[[T], Awaitable[None]], arg: T) -> None:
+    """``await work(arg)`` with ``parent`` as the current OpenTelemetry context: a broker's
+    flight runs in the broker's task, its spans under the caller that started it."""
+    await within(parent, work(arg))
 
-    The span's parent is the context captured when the flight was created
-    (``flight.parent``), so it sits under the span of the caller that asked,
-    not under whatever the broker's own task happens to carry. Records the
-    fetch duration whatever the outcome.
+
+async def traced_fetch(
+    fetching: Awaitable[DelegationToken], scopes: Iterable[str], mode: str
+) -> DelegationToken:
+    """Await one transport call inside an ``authsec.token.fetch`` span, timing it.
+
+    One span and one duration per transport call, whatever the outcome, so the
+    histogram's count is the number of fetches the AuthSec server saw. Also
+    notes, for :func:`flight_source`, that this task called the transport.
     """
+    _transport_called.set(True)
     instruments = _get()
     if instruments is None:
-        await run(flight)
-        return
-    from opentelemetry import trace
+        return await fetching
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     span = instruments.tracer.start_span(
         "authsec.token.fetch",
-        context=flight.parent,
         kind=SpanKind.CLIENT,
-        attributes={
-            "authsec.mode": mode,
-            "authsec.scopes": sorted(scopes),
-            "authsec.fetch.background": bool(flight.background),
-        },
+        attributes={"authsec.mode": mode, "authsec.scopes": sorted(scopes)},
     )
     started = time.perf_counter()
     outcome = "error"
     try:
-        with trace.use_span(span, end_on_exit=False):
-            await run(flight)
-        if flight.token is not None:
-            outcome = "ok"
-            span.set_attributes(token_attributes(flight.token))
-        elif flight.error is not None:
-            kind = str(getattr(flight.error, "kind", type(flight.error).__name__))
-            span.set_attribute("error.type", kind)
-            span.set_status(Status(StatusCode.ERROR, kind))
+        token = await fetching
+    except BaseException as exc:
+        kind = str(getattr(exc, "kind", type(exc).__name__))
+        span.set_attribute("error.type", kind)
+        span.set_status(Status(StatusCode.ERROR, kind))
+        raise
+    else:
+        outcome = "ok"
+        span.set_attributes(token_attributes(token))
+        return token
     finally:
         attributes = {"mode": mode, "outcome": outcome}
         instruments.fetch_duration.record(time.perf_counter() - started, attributes)
         span.end()
+
+
+_transport_called: ContextVar[bool] = ContextVar("authsec_crewai_transport_called", default=False)
+
+
+def flight_source() -> str:
+    """Where the current flight's token came from: ``fetch`` if this task called the
+    transport, else ``store`` (a shared store answered)."""
+    return "fetch" if _transport_called.get() else "store"
 
 
 def api_span(method: str, path: str, token: DelegationToken, mode: str) -> Span | None:

@@ -263,3 +263,25 @@ async def test_broker_auth_requests_are_api_call_spans(otel: Otel, client_id: st
         assert call.parent.span_id == parent.get_span_context().span_id
         assert call.attributes["url.path"] == "/secure-vault/records"
     _no_token_anywhere(otel, token)
+
+
+@pytest.mark.anyio
+async def test_a_token_from_a_shared_store_counts_as_store_not_as_a_fetch(
+    otel: Otel, client_id: str, tmp_path: Any
+) -> None:
+    import os
+
+    from authsec_crewai.stores import SQLiteStore
+
+    key = os.urandom(32)
+    transport = MockTransport()
+    before_requests, before_fetches = otel.requests(), otel.fetches()
+    for _ in range(2):  # two processes' brokers, one store file: the second reads it
+        store = SQLiteStore(tmp_path / "tokens.db", keys=[key])
+        broker = TokenBroker(transport, client_id=client_id, store=store, close_transport=False)
+        async with broker:
+            await broker.token("read:records")
+    requests = otel.requests() - before_requests
+    assert transport.calls == 1 == sum((otel.fetches() - before_fetches).values())
+    assert requests[("mock", "fetch", "ok")] == 1
+    assert requests[("mock", "store", "ok")] == 1
