@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
-from . import errors
+from . import errors, telemetry
 from ._loopref import LoopRef
 from .logging import get_logger
 from .redact import redact_text
@@ -40,11 +40,21 @@ _CLOSED = "the broker's event-loop thread was closed"
 class _Job:
     """One call handed to a runtime's loop, and its outcome."""
 
-    __slots__ = ("cancel_requested", "done", "error", "func", "notify", "result", "scope")
+    __slots__ = (
+        "cancel_requested",
+        "done",
+        "error",
+        "func",
+        "notify",
+        "result",
+        "scope",
+        "trace_parent",
+    )
 
     def __init__(self, func: Callable[[], Awaitable[Any]], notify: Callable[[], object]) -> None:
         self.func = func
         self.notify = notify
+        self.trace_parent = telemetry.current_context()  # the asking thread's span
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -186,11 +196,16 @@ class BrokerThread:
 
         It runs as a loop callback, so it must never raise (trio would abort).
         """
+        if self._tg is None:
+            self._finish(job, error=errors.BrokerClosedError(_CLOSED))
+            return
+        # Made here so it can be closed if refused: trio creates the coroutine before
+        # it refuses, which would leave a "never awaited" warning behind.
+        run = self._run_job(job)
         try:
-            if self._tg is None:
-                raise RuntimeError(_CLOSED)
-            self._tg.start_soon(self._run_job, job)
+            self._tg.start_soon(lambda: run)
         except RuntimeError:  # the task group is closing to new tasks
+            run.close()
             self._finish(job, error=errors.BrokerClosedError(_CLOSED))
 
     async def _run_job(self, job: _Job) -> None:
@@ -206,7 +221,7 @@ class BrokerThread:
                 job.scope = scope
                 if job.cancel_requested:
                     scope.cancel()
-                result = await job.func()
+                result = await telemetry.within(job.trace_parent, job.func())
                 self._finish(job, result=result)
                 return
         except Exception as exc:

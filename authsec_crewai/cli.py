@@ -92,7 +92,8 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     "--verbose",
     count=True,
     help="Show the library's log lines on standard error (-v: info, -vv: debug). "
-    "Without it only errors are logged, so failures stay one line.",
+    "Without it the level is AUTHSEC_LOG_LEVEL, or only errors when that is not set, "
+    "so failures stay one line. AUTHSEC_LOG_FORMAT=json writes JSON lines.",
 )
 def main(verbose: int) -> None:
     """Short-lived AuthSec delegation tokens for CrewAI agents.
@@ -107,9 +108,21 @@ def main(verbose: int) -> None:
       authsec-crewai serve-mock --port 8700      # a mock AuthSec server
       authsec-crewai token --scope read:records  # in another shell, after the exports
     """
+    import os
+
     from .logging import configure
 
-    configure(level={0: "ERROR", 1: "INFO"}.get(verbose, "DEBUG"))
+    # Standard output is the command's own output (JSON for scripts, tables for
+    # people); every log line goes to standard error.
+    if verbose:
+        level = "INFO" if verbose == 1 else "DEBUG"
+    else:
+        level = os.environ.get("AUTHSEC_LOG_LEVEL", "").strip() or "ERROR"
+    log_format = os.environ.get("AUTHSEC_LOG_FORMAT", "").strip().lower() or "console"
+    try:
+        configure(log_format, level)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationFailed(f"AUTHSEC_LOG_LEVEL / AUTHSEC_LOG_FORMAT: {exc}") from None
 
 
 # --- token ---------------------------------------------------------------------------------
@@ -683,7 +696,13 @@ def demo() -> None:
 
 
 def _print_demo(outcome: Any) -> None:
-    """The agents, the token log, the tokens held and each agent's answer, in 80 columns."""
+    """The agents, the token log, the tokens held and each agent's answer, in 80 columns.
+
+    No value is ever cut inside: identifiers (client ids, jti, fingerprints,
+    endpoints) stay whole on one line, so they can be copied and searched for
+    in logs; only prose wraps, at spaces. Piped to a file, rich assumes 80
+    columns.
+    """
     from rich import box
     from rich.console import Console
     from rich.markup import escape
@@ -691,6 +710,7 @@ def _print_demo(outcome: Any) -> None:
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=False)
+    started = outcome.events[0]["at"] if outcome.events else datetime.now(UTC).timestamp()
     console.print(
         f"[bold]authsec-crewai demo[/]: [bold cyan]{escape(outcome.mode.upper())}[/] mode, "
         f"a real Crew.kickoff() of {len(outcome.agents)} agents, {outcome.seconds:.2f}s"
@@ -700,16 +720,15 @@ def _print_demo(outcome: Any) -> None:
         for token in held:
             role_of.setdefault(f"jwt:{token.fingerprint}", role)
 
-    def table(title: str, *columns: str) -> Table:
+    def table(title: str, *whole: str, prose: str | None = None) -> Table:
         grid = Table(
-            title=title,
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
             padding=(0, 1, 0, 0),
-        )
-        for column in columns:
-            grid.add_column(column, overflow="fold")
+        )  # fmt: skip
+        for column in whole:
+            grid.add_column(column, no_wrap=True)
+        if prose is not None:
+            grid.add_column(prose, overflow="fold")
         return grid
 
     agents = table("Agents, each with its own AuthSec identity", "agent", "client id", "may read")
@@ -717,38 +736,48 @@ def _print_demo(outcome: Any) -> None:
         agents.add_row(agent.role, agent.client_id, " ".join(agent.grants))
     console.print(agents)
 
-    log = table("Token and fetch log (no token is ever shown)", "agent", "event", "token", "detail")
-    for event in outcome.events:
-        name = str(event.get("event", ""))
-        fingerprint = event.get("fingerprint")
-        token = f"jwt:{fingerprint}" if fingerprint else "-"
-        agent = role_of.get(str(event.get("client_id")), role_of.get(token, "?"))
-        scopes = event.get("scopes") or event.get("scope") or ""
-        if isinstance(scopes, list):
-            scopes = " ".join(scopes)
-        if name == "token.issued":
-            detail = f"{scopes}, {float(event.get('expires_in', 0)) / 60:.0f} min"
-        elif name == "fetch.ok":
-            detail = f"{event.get('endpoint', '')}"
-        elif event.get("missing"):
-            detail = f"{' '.join(event['missing'])} not granted"
-        elif name.startswith("fetch."):
-            detail = f"{scopes}: {event.get('error', name)}"
-        else:
-            detail = str(scopes)
-        log.add_row(agent, name, token, escape(detail))
-    console.print(log)
+    when = datetime.fromtimestamp(started, UTC).strftime("%H:%M:%S")
+    console.print(f"Token and fetch log from {when} UTC, per agent (no token is ever shown)")
+    for member in outcome.agents:
+        log = table(
+            f"{member.role} ({member.client_id})", "event", "token or endpoint", prose="outcome"
+        )
+        for event in outcome.events:
+            name = str(event.get("event", ""))
+            fingerprint = event.get("fingerprint")
+            token = f"jwt:{fingerprint}" if fingerprint else "-"
+            if role_of.get(str(event.get("client_id")), role_of.get(token)) != member.role:
+                continue
+            scopes = event.get("scopes") or event.get("scope") or ""
+            if isinstance(scopes, list):
+                scopes = " ".join(scopes)
+            subject = str(event.get("endpoint", "-")) if name.startswith("fetch.") else token
+            if name == "token.issued":
+                minutes, seconds = divmod(int(event.get("expires_in", 0)), 60)
+                result = f"{scopes}, {minutes}m {seconds:02d}s left"
+            elif name == "fetch.ok":
+                result = "ok"
+            elif event.get("missing"):
+                result = f"{' '.join(event['missing'])} not granted"
+            elif name.startswith("fetch."):
+                result = f"{scopes}: {event.get('error', name)}"
+            else:
+                result = str(scopes)
+            log.add_row(name, escape(subject), escape(result))
+        console.print(log)
 
-    tokens = table("Tokens held by the broker", "agent", "token", "permissions", "expires")
-    for role, held in outcome.tokens.items():
-        for token in held:
-            tokens.add_row(
-                role,
-                f"jwt:{token.fingerprint}",
-                " ".join(sorted(token.permissions)),
-                token.expires_at.strftime("%H:%M:%SZ"),
-            )
-    console.print(tokens)
+    held = table("Tokens held by the broker", "agent", "token", prose="facts")
+    for role, tokens in outcome.tokens.items():
+        for token in tokens:
+            left = token.expires_in(datetime.now(UTC).timestamp())
+            minutes, seconds = divmod(max(0, int(left)), 60)
+            facts = [
+                f"jti {token.jti or '-'}",
+                f"permissions {' '.join(sorted(token.permissions))}",
+                f"expires {token.expires_at.strftime('%H:%M:%SZ')} (in {minutes}m {seconds:02d}s)",
+            ]
+            held.add_row(role, f"jwt:{token.fingerprint}", escape("\n".join(facts)))
+    console.print(held)
     for role, answer in outcome.answers.items():
         console.print(Panel(escape(answer), title=f"{role}'s answer", title_align="left"))
 

@@ -153,8 +153,9 @@ def test_the_demo_command_runs_a_two_agent_crew_offline_in_80_columns(
         assert agent.client_id in out and f"{agent.role}'s answer" in out
     assert "6 people on file" in out and "2026-Q2 revenue" in out
     # Each agent was refused, before the API, what only the other may read.
-    assert re.search(r"Analyst +fetch\.refused +- +read:metrics not granted", out), out
-    assert re.search(r"Writer +fetch\.refused +- +read:records not granted", out), out
+    analyst, writer = out.split(f"Writer ({DEMO_AGENTS[1].client_id})")
+    assert re.search(r"fetch\.refused +secure-vault/metrics +read:metrics not granted", analyst)
+    assert re.search(r"fetch\.refused +secure-vault/records +read:records not granted", writer)
     assert out.count("1 of 2 reads succeeded; every refusal happened before the API") == 2
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "eyJ" not in result.output  # no JWT, not even a header
@@ -174,6 +175,25 @@ def test_the_demo_run_names_each_agent_in_every_event_it_shows() -> None:
     held = {role: [t.permissions for t in tokens] for role, tokens in outcome.tokens.items()}
     assert held == {"Analyst": [{"read:records"}], "Writer": [{"read:metrics"}]}
     assert {t.client_id for t in outcome.tokens["Writer"]} == {DEMO_AGENTS[1].client_id}
+
+
+def test_the_demo_reads_well_at_80_columns_with_identifiers_whole() -> None:
+    result = CliRunner().invoke(
+        main, ["demo"], env={"COLUMNS": "80", "AUTHSEC_LOG_LEVEL": "INFO"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    jtis = re.findall(r"jti ([0-9a-f-]{36})\b", result.stdout)
+    assert jtis, result.stdout  # each held token's jti, whole on one line
+    for jti in jtis:
+        assert f"jti={jti}" in result.stderr  # and the same id is in the log lines
+    for endpoint in ("secure-vault/records", "secure-vault/metrics"):
+        assert sum(endpoint in line and "fetch." in line for line in lines) == 2, endpoint
+    assert any("Crew.kickoff()" in line and re.search(r"\d\.\d\ds", line) for line in lines)
+    # AUTHSEC_LOG_LEVEL=INFO: the library's lines, on stderr only
+    assert "token.issued" in result.stderr and "fingerprint=" in result.stderr
+    assert "eyJ" not in result.output
 
 
 def _load_example(name: str) -> Any:
@@ -217,3 +237,34 @@ def test_async_app_example_runs_as_a_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "secure-vault/records: ok" in done.stdout
+
+
+def test_seed_crew_example_makes_no_network_attempt_offline(tmp_path: Path) -> None:
+    """Offline, CrewAI's telemetry held the program for 10-15 s after its answer, trying
+    to reach its servers. Run as a user would (no CrewAI variable set), with every
+    connection refused and reported: the example must not try at all."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTHSEC_", "CREWAI_", "OTEL_", "OPENAI_"))
+    }
+    env["AUTHSEC_MODE"] = "mock"
+    runner = (
+        "import runpy, sys\n"
+        "from authsec_crewai.testing import block_network\n"
+        "with block_network('the example runs offline') as attempts:\n"
+        f"    runpy.run_path({str(EXAMPLES / 'seed_crew.py')!r}, run_name='__main__')\n"
+        "print('ATTEMPTS', attempts)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", runner],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 people on file" in done.stdout
+    assert "ATTEMPTS []" in done.stdout, done.stdout[-2000:]
