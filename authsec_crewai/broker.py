@@ -812,7 +812,10 @@ class TokenBroker:
         with self._lock:
             agent.counts["fetches"] += 1
         token = await telemetry.traced_fetch(
-            self.transport.fetch_token(request), request.scopes, self._mode
+            self.transport.fetch_token(request),
+            request.scopes,
+            self._mode,
+            client_id=request.client_id,
         )
         if self._verifier is not None:
             await self._verifier.verify(token)

@@ -221,8 +221,14 @@ async def within(parent: Context | None, work: Awaitable[T]) -> T:
 
 
 def token_attributes(token: DelegationToken) -> dict[str, Any]:
-    """What may be said about a token in telemetry: never its value."""
+    """What may be said about a token in telemetry: never its value.
+
+    Spans name the agent (``authsec.agent.client_id``: ids are not secrets), so
+    a trace says which agent fetched and called what; metrics never do, since
+    a process may hold thousands of agents and each would be a new series.
+    """
     return {
+        "authsec.agent.client_id": token.client_id,
         "authsec.token.fingerprint": token.fingerprint,
         "authsec.token.jti": token.jti or "",
         "authsec.token.permissions": sorted(token.permissions),
@@ -236,9 +242,16 @@ async def run_within(parent: Context | None, work: Callable[[T], Awaitable[None]
 
 
 async def traced_fetch(
-    fetching: Awaitable[DelegationToken], scopes: Iterable[str], mode: str
+    fetching: Awaitable[DelegationToken],
+    scopes: Iterable[str],
+    mode: str,
+    *,
+    client_id: str | None = None,
 ) -> DelegationToken:
     """Await one transport call inside an ``authsec.token.fetch`` span, timing it.
+
+    ``client_id``, the agent asking, is on the span from its start, so a failed
+    fetch names its agent too.
 
     One span and one duration per transport call, whatever the outcome, so the
     histogram's count is the number of fetches the AuthSec server saw. Also
@@ -253,7 +266,11 @@ async def traced_fetch(
     span = instruments.tracer.start_span(
         "authsec.token.fetch",
         kind=SpanKind.CLIENT,
-        attributes={"authsec.mode": mode, "authsec.scopes": sorted(scopes)},
+        attributes={
+            "authsec.mode": mode,
+            "authsec.scopes": sorted(scopes),
+            **({} if client_id is None else {"authsec.agent.client_id": client_id}),
+        },
     )
     started = time.perf_counter()
     outcome = "error"

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -285,3 +286,34 @@ async def test_a_token_from_a_shared_store_counts_as_store_not_as_a_fetch(
     assert transport.calls == 1 == sum((otel.fetches() - before_fetches).values())
     assert requests[("mock", "fetch", "ok")] == 1
     assert requests[("mock", "store", "ok")] == 1
+
+
+@pytest.mark.anyio
+async def test_spans_name_the_agent_and_metrics_do_not(otel: Otel) -> None:
+    """A trace says which agent fetched and called what; a metric series per agent would
+    grow without bound with the number of agents, so metrics never name one."""
+    analyst, writer, failing = (str(uuid.uuid4()) for _ in range(3))
+    transport = MockTransport()
+    transport.authority.delegate(writer, permissions=["read:metrics"])
+    async with TokenBroker(transport) as b:
+        await build_fetcher(b, agent=analyst).fetch("secure-vault/records", "read:records")
+        await build_fetcher(b, agent=writer).fetch("secure-vault/metrics", "read:metrics")
+        transport.fail_next(1, 503)
+        with pytest.raises(errors.AuthSecError):
+            await b.token("read:records", agent=failing)
+    fetches = otel.spans("authsec.token.fetch")
+    calls = otel.spans("authsec.api.call")
+    assert Counter(s.attributes["authsec.agent.client_id"] for s in fetches) == {
+        analyst: 1,
+        writer: 1,
+        failing: 1,
+    }
+    assert sorted((s.attributes["authsec.agent.client_id"], s.attributes["url.path"])
+                  for s in calls) == sorted([(analyst, "secure-vault/records"),
+                                             (writer, "secure-vault/metrics")])  # fmt: skip
+    failed = [s for s in fetches if s.status.status_code.name == "ERROR"]
+    assert [s.attributes["authsec.agent.client_id"] for s in failed] == [failing]
+    for name in (telemetry.REQUESTS_COUNTER, telemetry.FETCH_HISTOGRAM):
+        for point in otel.points(name):
+            assert "authsec.agent.client_id" not in point.attributes
+            assert analyst not in json.dumps(dict(point.attributes))
