@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from . import errors
+from .redact import scrub_secrets
 from .token import DelegationToken
 
 __all__ = [
@@ -164,19 +165,44 @@ def parse_token_body(body: Any, *, now: float) -> DelegationToken:
     )
 
 
-def _server_detail(body: Any) -> str:
+def _server_detail(body: Any, secrets: Iterable[str]) -> str:
+    """The server's ``error``/``details`` text, secrets masked first, then cut short
+    (cutting first could leave a token's header-and-claims prefix unmasked)."""
     if isinstance(body, Mapping):
-        parts = [str(body.get(k))[:200] for k in ("error", "details") if body.get(k)]
+        parts = [
+            scrub_secrets(_printable(str(body.get(k))), secrets)[:200]
+            for k in ("error", "details")
+            if body.get(k)
+        ]
         if parts:
             return ": " + " - ".join(parts)
     return ""
 
 
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in text[:4096])
+
+
+def _is_contract_error(body: Any) -> bool:
+    """Whether ``body`` is AuthSec's own JSON error (``{"error": "..."}``)."""
+    return isinstance(body, Mapping) and isinstance(body.get("error"), str) and bool(body["error"])
+
+
 def error_for_status(
-    status: int, body: Any = None, *, retry_after: float | None = None
+    status: int,
+    body: Any = None,
+    *,
+    retry_after: float | None = None,
+    url: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> errors.TokenError:
-    """The typed error for a non-200 answer of the delegation-token endpoint."""
-    detail = _server_detail(body)
+    """The typed error for a non-200 answer of the delegation-token endpoint.
+
+    ``body`` is the decoded JSON answer (None if it was not JSON); ``url`` the
+    endpoint asked, named when the answer suggests the URL itself is wrong;
+    ``secrets`` the values to mask if the server echoes them (the API token).
+    """
+    detail = _server_detail(body, secrets)
     if status == 400:
         return errors.InvalidClientIdError(
             f"AuthSec refused the client id (400{detail}); set AUTHSEC_CLIENT_ID "
@@ -186,6 +212,13 @@ def error_for_status(
         return errors.AuthenticationError(
             f"AuthSec refused the API token (401{detail}); set AUTHSEC_API_TOKEN "
             "to a valid API token"
+        )
+    if status == 404 and not _is_contract_error(body):
+        where = f" {url}" if url else ""
+        return errors.EndpointNotFoundError(
+            f"the token endpoint{where} answered 404 without AuthSec's JSON error: "
+            "this is not AuthSec's delegation endpoint (check AUTHSEC_BASE_URL for a "
+            "typo or a proxy in the way); cached tokens are dropped until it answers"
         )
     if status == 404:
         return errors.NotDelegatedError(
