@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import structlog
 from _server import MockServer
@@ -293,6 +294,26 @@ async def test_a_host_that_answered_before_is_still_retried(
         await transport.aclose()
     assert not isinstance(caught.value, errors.UnreachableError)
     assert any(entry["event"] == "authsec.live.retry" for entry in logs)
+
+
+@pytest.mark.parametrize(
+    ("cause", "fails_fast"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), True),
+        (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), False),
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+    ],
+    ids=["no-such-name", "resolver-down", "refused", "reset"],
+)
+def test_only_a_missing_name_or_a_refusal_is_hopeless(
+    cause: BaseException, fails_fast: bool
+) -> None:
+    from authsec_crewai.transports.live import _never_reachable
+
+    error = httpx.ConnectError("connect failed")
+    error.__cause__ = BaseExceptionGroup("all attempts failed", [cause])
+    assert (_never_reachable(error) is not None) is fails_fast
 
 
 # --- 4. compression bombs ----------------------------------------------------------------------

@@ -46,6 +46,12 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 """A token answer is ~2 KB and a key bundle ~1 KB; far more is refused unread."""
 _MAX_ERROR_BODY_BYTES = 16 * 1024
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_NO_SUCH_NAME = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+"""Resolver answers that say the name does not exist (not "try again later")."""
 
 _log = get_logger("authsec_crewai.transports.live")
 
@@ -114,7 +120,7 @@ def _never_reachable(exc: BaseException) -> str | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, socket.gaierror):
+        if isinstance(current, socket.gaierror) and current.errno in _NO_SUCH_NAME:
             return "its host name does not resolve"
         if isinstance(current, ConnectionRefusedError):
             return "the connection was refused"
