@@ -234,21 +234,15 @@ def _loopback(host: str) -> bool:
 def _bind(host: str, port: int) -> socket.socket:
     """Bind before starting uvicorn: to learn the real port of ``--port 0`` and to
     report a busy port as one line rather than a uvicorn traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
-    # when the listening socket says TCP, and without it keep-alive requests stall.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    from .testing.loopback import listening_socket
+
     try:
-        sock.bind((host, port))
-        sock.listen(128)  # from here on connections queue, so the banner is never early
+        return listening_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise CommandFailed(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
             "choose another --port (0 picks a free one)"
         ) from None
-    return sock
 
 
 @main.command("serve-mock")
@@ -326,8 +320,8 @@ def serve_mock(
     try:
         import uvicorn
 
-        from .authority import DEFAULT_PERMISSIONS, MockAuthority
-        from .mockserver import create_app
+        from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
+        from .testing.mockserver import create_app
     except ImportError as exc:
         raise CommandFailed(
             f"serve-mock needs starlette and uvicorn ({exc.name} is missing): "
@@ -400,7 +394,7 @@ def record(output: Path, command: tuple[str, ...]) -> None:
     import os
     import subprocess
 
-    from .cassette import load
+    from .cassettes import load
     from .settings import AuthSecSettings
 
     try:
@@ -450,7 +444,7 @@ def cassette_show(file: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .cassette import describe, iso_utc, load
+    from .cassettes import describe, iso_utc, load
 
     recorded = load(file)
     settings = recorded.settings
@@ -479,7 +473,7 @@ def cassette_show(file: Path) -> None:
 
 def _answer_summary(item: dict[str, Any]) -> str:
     """One cell: the status / token facts / error of an interaction."""
-    from .cassette import decode_body
+    from .cassettes import decode_body
 
     if "error" in item:
         error = item["error"]
@@ -527,7 +521,7 @@ def cassette_verify(files: tuple[Path, ...], secrets: tuple[str, ...]) -> None:
     """
     import os
 
-    from .cassette import find_secrets, load
+    from .cassettes import find_secrets, load
 
     checked = [*secrets, os.environ.get("AUTHSEC_API_TOKEN")]
     failed = False

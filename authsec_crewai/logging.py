@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .redact import JWT_PATTERN, mask_jwt, redact_text
+from .redact import AUTH_SCHEME_PATTERN, JWT_PATTERN, MASKED_JWT_PATTERN, mask_jwt, redact_text
 
 __all__ = [
     "HTTP_LOGGERS",
@@ -83,14 +83,6 @@ _SECRET_KEYS = frozenset(
 )
 _SECRET_SUFFIXES = ("_token", "_secret", "_password", "_api_key", "_apikey")
 
-# redact_text masks bearer values of eight or more characters; in a log line
-# even a short one ("Bearer xyz") is a credential, and so is HTTP Basic.
-_AUTH_SCHEME = re.compile(
-    r"(?i)\b(bearer|basic)(\s+)(?!jwt:[0-9a-f]{12}\b)(?!\[redacted\])([^\s,;\"'<>\[\](){}]+)"
-)
-
-_MASKED = re.compile(r"jwt:[0-9a-f]{12}")
-
 # Values whose repr cannot carry a secret and whose type renderers know how to
 # format (JSON renderers and orjson handle some of them natively).
 _SAFE_SCALARS = (
@@ -116,8 +108,10 @@ def _is_secret_key(key: object) -> bool:
 
 def _scrub_text(text: str) -> str:
     text = redact_text(text)
+    # redact_text masks bearer values of eight or more characters; in a log line
+    # even a short one ("Bearer xyz") is a credential, and so is HTTP Basic.
     if "asic" in text or "earer" in text or "ASIC" in text or "EARER" in text:
-        text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        text = AUTH_SCHEME_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return text
 
 
@@ -129,7 +123,7 @@ def _mask_secret(value: Any) -> Any:
     """
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, str) and (value == REDACTED or _MASKED.fullmatch(value)):
+    if isinstance(value, str) and (value == REDACTED or MASKED_JWT_PATTERN.fullmatch(value)):
         return value  # already masked: a second pass must not lose the fingerprint
     fingerprint = getattr(value, "fingerprint", None)
     if isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{12}", fingerprint):

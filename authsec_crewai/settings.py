@@ -516,7 +516,7 @@ def build_transport(settings: AuthSecSettings) -> Transport:
             from .transports.mock import MockTransport
 
             inner = MockTransport()
-        transport: Transport = replay.RecordingTransport(
+        transport: Transport = replay.open_cassette_transport(
             inner, settings.cassette, record_mode="all", shared=True
         )
         return transport

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 import anyio
 import structlog
 
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
 from authsec_crewai.sync import SyncTokenBroker
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.testing import MockAuthority
+from authsec_crewai.transports import MockTransport
 
 CLIENT_ID = str(uuid.uuid4())
 SCOPE = "read:records"

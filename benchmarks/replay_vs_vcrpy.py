@@ -39,12 +39,9 @@ import anyio
 import httpx
 import structlog
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import create_app
+from authsec_crewai.testing import LoopbackServer, MockAuthority, create_app
 from authsec_crewai.token import TokenRequest
-from authsec_crewai.transports.live import LiveTransport
-from authsec_crewai.transports.replay import RecordingTransport, ReplayTransport
+from authsec_crewai.transports import LiveTransport, RecordingTransport, ReplayTransport
 
 CLIENT_ID = str(uuid.uuid4())
 API_CALLS = 999  # + 1 token fetch = 1,000 interactions

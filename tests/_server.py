@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import MockFaults, RecordedRequest
+from authsec_crewai.testing import LoopbackServer, MockAuthority, MockFaults, RecordedRequest
 
 __all__ = ["LoopbackServer", "MockServer"]
 

@@ -11,11 +11,10 @@ import anyio
 import httpx
 from joserfc.jwk import RSAKey
 
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import KeySet, MockTransport
 
 START = 1_800_000_000.0
 SIGNING_KEY = RSAKey.generate_key(2048, parameters={"kid": "default"}, private=True)

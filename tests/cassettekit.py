@@ -1,6 +1,6 @@
 """Helpers for the record/replay tests, and an independent scan of every cassette they write.
 
-The scan deliberately does not use ``authsec_crewai.cassette.find_secrets``: it
+The scan deliberately does not use ``authsec_crewai.cassettes.find_secrets``: it
 is a second opinion, with its own patterns, over the raw text of every
 cassette written under the session's temporary directory (pytester runs
 included). Files under a directory named ``deliberately-unsafe`` are the

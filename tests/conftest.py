@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import structlog
+
+from authsec_crewai import settings as settings_module
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -15,6 +21,30 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def client_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture(autouse=True)
+def structlog_restored() -> Iterator[None]:
+    """Every test leaves structlog as it found it: the CLI and the examples configure
+    it globally, as an application should, and a later test capturing logs must not
+    inherit that."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AUTHSEC_* variable and no .env file from the machine running the tests (the
+    test runs in its own empty directory), and mock mode's once-per-process warning
+    armed again."""
+    for name in list(os.environ):
+        if name.upper().startswith("AUTHSEC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    warned = getattr(settings_module, "_auto_mock_warned", None)
+    if warned is not None:
+        monkeypatch.setattr(settings_module, "_auto_mock_warned", type(warned)())
 
 
 # --- a real AuthSec mock over a loopback socket (tests/_server.py) -------------------------
@@ -28,13 +58,14 @@ def client_id() -> str:
 # Mount your own app with `loopback_server.app = create_app(...)` (the `authsec_server`
 # fixture unmounts it at teardown), or build a fresh `mock_authority` with options.
 
-from collections.abc import Iterator  # noqa: E402
-
 from _server import LoopbackServer, MockServer  # noqa: E402
 from joserfc.jwk import RSAKey  # noqa: E402
 
-from authsec_crewai.authority import MockAuthority  # noqa: E402
-from authsec_crewai.mockserver import MockFaults, create_app  # noqa: E402
+from authsec_crewai.testing import (  # noqa: E402
+    MockAuthority,
+    MockFaults,
+    create_app,
+)
 
 
 @pytest.fixture(scope="session")

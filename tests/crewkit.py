@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 CREWAI_ENV = {
     "CREWAI_DISABLE_TELEMETRY": "true",
@@ -44,19 +43,11 @@ __all__ = ["CREWAI_ENV", "ParallelCallsLLM", "crew_for", "crewai_env", "shared_b
 
 
 @pytest.fixture(autouse=True)
-def crewai_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """crewai quiet and sandboxed, no AUTHSEC_* from the developer's shell or .env, and
-    structlog's configuration restored (examples and the CLI configure it globally)."""
+def crewai_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_env: None) -> None:
+    """crewai quiet and sandboxed, in a clean AUTHSEC_* environment (``clean_env``)."""
     for name, value in CREWAI_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "crewai-storage"))
-    for name in list(os.environ):
-        if name.startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture(autouse=True)

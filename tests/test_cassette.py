@@ -15,10 +15,9 @@ from cassettekit import API_TOKEN, UNSAFE_DIR, problems_in, scan_written_cassett
 from click.testing import CliRunner
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.cassette import (
+from authsec_crewai.cassettes import (
     FORMAT,
-    MARKER,
+    REDACTION_MARKER,
     VERSION,
     Player,
     Scrubber,
@@ -35,6 +34,7 @@ from authsec_crewai.cassette import (
     write_atomic,
 )
 from authsec_crewai.cli import main
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.wire import error_for_status
 
 CLIENT = "00000000-0000-4000-8000-000000000001"
@@ -88,8 +88,8 @@ def test_a_jwt_keeps_its_claims_and_loses_its_signature_anywhere(jwt: str) -> No
     text = json.dumps(out)
     assert jwt.rsplit(".", 1)[1] not in text
     head, payload, _ = jwt.split(".")
-    assert out["token"] == f"{head}.{payload}.{MARKER}"
-    assert text.count(f".{MARKER}") == 4
+    assert out["token"] == f"{head}.{payload}.{REDACTION_MARKER}"
+    assert text.count(f".{REDACTION_MARKER}") == 4
     assert _claims(out["token"]) == _claims(jwt)
     assert scrub.value(out) == out  # idempotent: a second pass changes nothing
 
@@ -99,7 +99,7 @@ def test_bearer_credentials_and_secrets_are_replaced() -> None:
     out = scrub.text(f"Authorization: Bearer opaque-credential-123 and {API_TOKEN} again")
     assert "opaque-credential-123" not in out
     assert API_TOKEN not in out
-    assert out == f"Authorization: Bearer {MARKER} and {MARKER} again"
+    assert out == f"Authorization: Bearer {REDACTION_MARKER} and {REDACTION_MARKER} again"
 
 
 def test_headers_drop_credentials_and_noise_and_are_sorted(jwt: str) -> None:
@@ -118,7 +118,7 @@ def test_headers_drop_credentials_and_noise_and_are_sorted(jwt: str) -> None:
     )
     assert list(kept) == ["content-type", "vary", "x-echo"]
     assert kept["vary"] == "a, b"
-    assert kept["x-echo"].endswith(f".{MARKER}")
+    assert kept["x-echo"].endswith(f".{REDACTION_MARKER}")
 
 
 def test_placeholders_go_both_ways_even_inside_jwt_claims(jwt: str) -> None:

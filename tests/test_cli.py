@@ -8,29 +8,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import structlog
 from _server import MockServer
 from click.testing import CliRunner, Result
 
 from authsec_crewai.cli import main
-from authsec_crewai.mockserver import TOKEN_PATH
+from authsec_crewai.testing import TOKEN_PATH
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> Iterator[None]:
-    """No AUTHSEC_* from the developer's shell or a .env file; structlog restored
-    afterwards (the CLI configures it globally, as an application should)."""
-    for name in list(os.environ):
-        if name.startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -33,10 +33,10 @@ from crewkit import (  # noqa: F401 (autouse fixtures)
 
 from authsec_crewai.cli import main
 from authsec_crewai.demo import ScriptedVaultLLM
-from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.settings import AuthSecSettings
+from authsec_crewai.testing import TOKEN_PATH, Fault
 from authsec_crewai.tools import AsyncAuthSecSecureFetchTool, AuthSecSecureFetchTool
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 
 pytestmark = pytest.mark.crew
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,10 +36,10 @@ from authsec_crewai.fetch import (
     render_result,
     validate_endpoint,
 )
-from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.redact import fingerprint
 from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings, build_broker
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.testing import TOKEN_PATH, Fault
+from authsec_crewai.transports import MockTransport
 
 RECORDS = "/secure-vault/records"
 
@@ -132,16 +131,7 @@ SAFE_ENDPOINTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> Iterator[None]:
-    """No AUTHSEC_* from the developer's shell or a .env file; structlog restored."""
-    for name in list(os.environ):
-        if name.startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def live(server: MockServer, client_id: str, **values: Any) -> AuthSecSettings:

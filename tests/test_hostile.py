@@ -14,46 +14,32 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-import structlog
 from _server import MockServer
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.dripserver import DripServer
 from authsec_crewai.fetch import SecureFetcher, error_result, render_result
 from authsec_crewai.logging import configure
-from authsec_crewai.mockserver import BUNDLE_PATH, TOKEN_PATH, Fault
 from authsec_crewai.settings import AuthSecSettings, build_broker
+from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, DripServer, Fault
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.live import LiveTransport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_env")]
 
 RECORDS = "/secure-vault/records"
 API_TOKEN = "ak-live-0f3c9b7e5d1a4c2b8e6f"
 HANG_GUARD = 30.0
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def _request(client_id: str) -> TokenRequest:

@@ -17,11 +17,11 @@ import pytest
 from _server import MockServer
 
 from authsec_crewai import errors
-from authsec_crewai.authority import format_rfc3339_nanos
-from authsec_crewai.mockserver import BUNDLE_PATH, TOKEN_PATH, Fault, create_app
+from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, Fault, create_app
+from authsec_crewai.testing.authority import format_rfc3339_nanos
 from authsec_crewai.token import TokenRequest
+from authsec_crewai.transports import MockTransport
 from authsec_crewai.transports.live import LiveTransport, parse_retry_after
-from authsec_crewai.transports.mock import MockTransport
 from authsec_crewai.verify import TokenVerifier, rsa_keys, verify_bearer
 
 pytestmark = pytest.mark.anyio

@@ -15,16 +15,16 @@ from _server import MockServer
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from authsec_crewai.authority import MockAuthority
-from authsec_crewai.mockserver import (
+from authsec_crewai.testing import (
     BUNDLE_PATH,
     TOKEN_PATH,
     VAULT_RESOURCES,
     Fault,
+    MockAuthority,
     MockFaults,
     create_app,
 )
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,6 @@ it from its ``pytest11`` entry point."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from cassettekit import problems_in, scan_written_cassettes  # noqa: F401
 
-from authsec_crewai.cassette import dumps, load, new_document
+from authsec_crewai.cassettes import dumps, load, new_document
 
 pytest_plugins = ["pytester"]
 
@@ -56,12 +55,11 @@ async def test_records(authsec_broker, authsec_transport, authsec_cassette):
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    """No AUTHSEC_* settings from this machine; inner runs without pytest-asyncio (its
-    configuration warning would otherwise surface in this run's summary)."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
+def clean_environment(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, clean_env: None
+) -> None:
+    """A clean AUTHSEC_* environment (``clean_env``); inner runs without pytest-asyncio
+    (its configuration warning would otherwise surface in this run's summary)."""
     if "pytester" in request.fixturenames:
         request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS: set ours after
         monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:cacheprovider")
@@ -187,7 +185,7 @@ def test_the_network_is_blocked_while_replaying(pytester: pytest.Pytester) -> No
         + """
 import socket
 
-from authsec_crewai.pytest_plugin import AuthSecCassetteWarning
+from authsec_crewai.testing import AuthSecCassetteWarning
 
 
 @pytest.mark.authsec_cassette("net")
@@ -344,7 +342,7 @@ async def test_param(n, authsec_broker, authsec_transport, authsec_cassette):
 
 def test_importing_the_plugin_stays_light() -> None:
     code = (
-        "import sys, authsec_crewai.pytest_plugin\n"
+        "import sys, authsec_crewai.testing.pytest_plugin\n"
         "print([m for m in ('crewai', 'httpx', 'authsec_crewai.broker', 'structlog', "
         "'authsec_crewai.transports.replay') if m in sys.modules])"
     )
@@ -358,4 +356,4 @@ def test_the_plugin_is_registered_as_an_entry_point() -> None:
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group="pytest11") if ep.name == "authsec_crewai"]
-    assert [ep.value for ep in found] == ["authsec_crewai.pytest_plugin"]
+    assert [ep.value for ep in found] == ["authsec_crewai.testing.pytest_plugin"]

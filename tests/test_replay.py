@@ -23,20 +23,27 @@ from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai import settings as settings_module
-from authsec_crewai._netguard import NetworkBlockedError, block_network
-from authsec_crewai.authority import MockAuthority
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.cassette import load
+from authsec_crewai.cassettes import load
 from authsec_crewai.cli import main
-from authsec_crewai.loopback import LoopbackServer
-from authsec_crewai.mockserver import create_app
 from authsec_crewai.settings import AuthSecSettings, build_broker, build_transport
+from authsec_crewai.testing import (
+    LoopbackServer,
+    MockAuthority,
+    NetworkBlockedError,
+    block_network,
+    create_app,
+)
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
-from authsec_crewai.transports.live import LiveTransport
-from authsec_crewai.transports.mock import MockTransport
-from authsec_crewai.transports.replay import RecordingTransport, ReplayTransport
+from authsec_crewai.transports import (
+    KeySet,
+    LiveTransport,
+    MockTransport,
+    RecordingTransport,
+    ReplayTransport,
+    TransportInfo,
+    open_cassette_transport,
+)
 from authsec_crewai.verify import TokenVerifier
 
 HOUR = 3600.0
@@ -47,16 +54,7 @@ def an_hour_ago() -> float:
     return time.time() - HOUR
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AUTHSEC_* variable or .env from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
-    )
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _bearer(token: DelegationToken) -> dict[str, str]:
@@ -217,11 +215,13 @@ class CountingApi:
     """A transport whose protected API answers 1, 2, 3, ... to identical requests,
     and echoes the bearer token back in its body and a header."""
 
-    mode = "mock"
-
     def __init__(self, authority: MockAuthority | None = None) -> None:
         self.mock = MockTransport(authority=authority)
         self.hits = 0
+
+    @property
+    def info(self) -> TransportInfo:
+        return TransportInfo(mode="mock")
 
     async def fetch_token(self, request: TokenRequest) -> DelegationToken:
         return await self.mock.fetch_token(request)
@@ -337,29 +337,40 @@ async def test_strict_unused_fails_on_close_but_not_for_key_sets(
 @pytest.mark.anyio
 async def test_record_mode_none_needs_the_cassette(tmp_path: Path) -> None:
     with pytest.raises(errors.CassetteError, match="does not exist, and record mode 'none'"):
-        RecordingTransport(MockTransport(), tmp_path / "missing.json", record_mode="none")
+        open_cassette_transport(MockTransport(), tmp_path / "missing.json", record_mode="none")
     with pytest.raises(errors.ConfigurationError, match="record_mode must be one of"):
-        RecordingTransport(MockTransport(), tmp_path / "x.json", record_mode="sometimes")  # type: ignore[arg-type]
+        open_cassette_transport(MockTransport(), tmp_path / "x.json", record_mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigurationError, match="once, new_episodes or all"):
+        RecordingTransport(MockTransport(), tmp_path / "x.json", record_mode="none")
 
 
 @pytest.mark.anyio
 async def test_record_mode_once_records_then_replays_only(tmp_path: Path) -> None:
     path = tmp_path / "once.json"
-    first = RecordingTransport(CountingApi(), path, record_mode="once")
-    assert first.recording and first.mode == "record" and not first.claims_only
+    built: list[CountingApi] = []
+
+    def inner() -> CountingApi:
+        built.append(CountingApi())
+        return built[-1]
+
+    first = open_cassette_transport(inner, path, record_mode="once")
+    assert isinstance(first, RecordingTransport) and len(built) == 1
+    assert first.info.mode == "record" and not first.info.claims_only
     assert await _get_n(first) == 1
     await first.aclose()
 
-    inner = CountingApi()
-    again = RecordingTransport(inner, path, record_mode="once")
-    assert not again.recording and again.mode == "replay" and again.claims_only
+    again = open_cassette_transport(inner, path, record_mode="once")
+    assert isinstance(again, ReplayTransport) and len(built) == 1  # no inner transport built
+    assert again.info.mode == "replay" and again.info.claims_only
     assert await _get_n(again) == 1
     with pytest.raises(errors.CassetteError, match="GET /other is not in the cassette"):
         await _get_n(again, "/other")
     await again.aclose()
-    assert inner.hits == 0
-    again_none = RecordingTransport(CountingApi(), path, record_mode="none")
+    given = CountingApi()
+    again_none = open_cassette_transport(given, path, record_mode="none")
+    assert isinstance(again_none, ReplayTransport)
     assert await _get_n(again_none) == 1
+    assert given.hits == 0 and built[0].hits == 1
 
 
 @pytest.mark.anyio
@@ -567,7 +578,7 @@ def test_record_mode_records_the_mock_when_nothing_is_configured(tmp_path: Path)
     transport = build_transport(AuthSecSettings(mode="record", cassette=tmp_path / "c.json"))
     assert isinstance(transport, RecordingTransport)
     assert isinstance(transport.inner, MockTransport)
-    assert transport.record_mode == "all" and transport.recording
+    assert transport.record_mode == "all" and transport.info.mode == "record"
     transport.close()
 
 
@@ -582,7 +593,7 @@ def test_record_mode_records_the_live_server_when_configured(tmp_path: Path) -> 
     transport = build_transport(settings)
     assert isinstance(transport, RecordingTransport)
     assert isinstance(transport.inner, LiveTransport)
-    assert API_TOKEN in transport._scrubber.secrets  # proven absent before every write
+    assert API_TOKEN in transport.info.secrets  # proven absent before every write
     transport.close()
 
 
@@ -591,14 +602,29 @@ async def test_settings_record_then_replay(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
     async with build_broker(AuthSecSettings(mode="record", cassette=path)) as broker:
         recorded = await broker.token("read:records")
-    replay_settings = AuthSecSettings(mode="replay", cassette=path)
-    broker = build_broker(replay_settings)
-    transport = broker.transport
-    assert isinstance(transport, ReplayTransport)
-    assert broker._clock == transport.clock
+    broker = build_broker(AuthSecSettings(mode="replay", cassette=path))
+    assert isinstance(broker.transport, ReplayTransport)
     async with broker:
         replayed = await broker.token("read:records")
     assert replayed.jti == recorded.jti and replayed.client_id == recorded.client_id
+
+
+@pytest.mark.anyio
+async def test_settings_replay_runs_on_the_cassettes_clock(
+    tmp_path: Path, stale_authority: MockAuthority, client_id: str
+) -> None:
+    """Recorded an hour ago with 30-minute tokens: only a broker on the cassette's
+    clock accepts them (on wall time they expired long ago)."""
+    path = tmp_path / "old.json"
+    recording = RecordingTransport(
+        MockTransport(authority=stale_authority), path, clock=an_hour_ago
+    )
+    recorded = await recording.fetch_token(TokenRequest.create(client_id, "read:records"))
+    await recording.aclose()
+    assert recorded.expires_at.timestamp() < time.time()
+    async with build_broker(AuthSecSettings(mode="replay", cassette=path)) as broker:
+        replayed = await broker.token("read:records")
+    assert replayed.jti == recorded.jti
 
 
 def test_authsec_crewai_record_runs_a_command_and_replay_reproduces_it(tmp_path: Path) -> None:

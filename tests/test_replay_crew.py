@@ -31,27 +31,25 @@ from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: 
 from joserfc.jwk import RSAKey  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from authsec_crewai._netguard import block_network  # noqa: E402
-from authsec_crewai.authority import MockAuthority  # noqa: E402
-from authsec_crewai.cassette import load  # noqa: E402
+from authsec_crewai.cassettes import load  # noqa: E402
 from authsec_crewai.demo import ScriptedVaultLLM, build_demo_crew, observed_results  # noqa: E402
-from authsec_crewai.loopback import LoopbackServer  # noqa: E402
-from authsec_crewai.mockserver import create_app  # noqa: E402
 from authsec_crewai.settings import AuthSecSettings  # noqa: E402
+from authsec_crewai.testing import (  # noqa: E402
+    LoopbackServer,
+    MockAuthority,
+    block_network,
+    create_app,
+)
 from authsec_crewai.tools import AuthSecSecureFetchTool, close_shared_brokers  # noqa: E402
-from authsec_crewai.transports.live import LiveTransport  # noqa: E402
-from authsec_crewai.transports.replay import RecordingTransport  # noqa: E402
+from authsec_crewai.transports import LiveTransport, RecordingTransport  # noqa: E402
 
 pytestmark = [pytest.mark.crew, pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai")]
 pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True)
-def sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No AUTHSEC_* from this machine, crewai storage per test, no shared broker left over."""
-    for name in list(os.environ):
-        if name.startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
+def sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_env: None) -> Iterator[None]:
+    """A clean AUTHSEC_* environment, crewai storage per test, no shared broker left over."""
     monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "crewai-storage"))
     monkeypatch.chdir(tmp_path)
     close_shared_brokers()

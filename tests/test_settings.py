@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import structlog
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai import settings as settings_module
 from authsec_crewai.settings import (
     DEMO_CLIENT_ID,
     AuthSecSettings,
@@ -38,15 +36,8 @@ FAKE_JWT = (
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AUTHSEC_* variable and no .env leaks in from the machine running the tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHSEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        settings_module, "_auto_mock_warned", type(settings_module._auto_mock_warned)()
-    )
+def default_logging(clean_env: None) -> None:
+    """A clean AUTHSEC_* environment (``clean_env``) and structlog's defaults."""
     structlog.reset_defaults()
 
 
@@ -558,11 +549,14 @@ def test_record_and_replay_light_up_when_the_module_exists(
         def __init__(self, inner: Any, cassette: Path, **options: Any) -> None:
             self.inner, self.cassette = inner, cassette
 
+    def open_cassette_transport(inner: Any, cassette: Path, **options: Any) -> RecordingTransport:
+        return RecordingTransport(inner, cassette, **options)
+
     class ReplayTransport:
         def __init__(self, cassette: Path) -> None:
             self.cassette = cassette
 
-    fake.RecordingTransport = RecordingTransport  # type: ignore[attr-defined]
+    fake.open_cassette_transport = open_cassette_transport  # type: ignore[attr-defined]
     fake.ReplayTransport = ReplayTransport  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, name, fake)
     base = {"base_url": "https://authsec.example.com", "client_id": CLIENT, "cassette": "c.json"}

@@ -23,9 +23,9 @@ from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fix
 
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.mockserver import TOKEN_PATH, Fault
 from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings
 from authsec_crewai.sync import SyncTokenBroker
+from authsec_crewai.testing import TOKEN_PATH, Fault
 from authsec_crewai.tools import (
     DEFAULT_TOOL_NAME,
     AsyncAuthSecSecureFetchTool,
@@ -33,7 +33,7 @@ from authsec_crewai.tools import (
     cache_successes,
     close_shared_brokers,
 )
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 
 TOOLS = [AuthSecSecureFetchTool, AsyncAuthSecSecureFetchTool]
 RECORDS = "/secure-vault/records"

@@ -14,9 +14,10 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority, format_rfc3339_nanos
+from authsec_crewai.testing import MockAuthority
+from authsec_crewai.testing.authority import format_rfc3339_nanos
 from authsec_crewai.token import DelegationToken, TokenRequest, canonical_scopes
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import MockTransport
 from authsec_crewai.wire import parse_rfc3339, parse_token_body
 
 pytestmark = pytest.mark.anyio

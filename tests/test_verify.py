@@ -26,10 +26,9 @@ from joserfc.jwk import RSAKey
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
-from authsec_crewai.authority import MockAuthority
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports.base import KeySet
-from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.transports import KeySet, MockTransport
 from authsec_crewai.verify import (
     TokenVerifier,
     check_time_claims,

@@ -6,14 +6,16 @@ cheap and a mode only loads what it uses.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .base import KeySet, Transport, TransportInfo
     from .live import LiveTransport
     from .mock import MockTransport
-    from .replay import RecordingTransport, ReplayTransport
+    from .record import RecordingTransport
+    from .replay import ReplayTransport, open_cassette_transport
 
 __all__ = [
     "KeySet",
@@ -23,6 +25,7 @@ __all__ = [
     "ReplayTransport",
     "Transport",
     "TransportInfo",
+    "open_cassette_transport",
 ]
 
 _WHERE = {
@@ -31,12 +34,10 @@ _WHERE = {
     "TransportInfo": ".base",
     "LiveTransport": ".live",
     "MockTransport": ".mock",
-    "RecordingTransport": ".replay",
+    "RecordingTransport": ".record",
     "ReplayTransport": ".replay",
+    "open_cassette_transport": ".replay",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)

@@ -1,6 +1,6 @@
 """``MockTransport``: real RS256 tokens minted in process, with fault knobs.
 
-Tokens come from a :class:`~authsec_crewai.authority.MockAuthority` and pass
+Tokens come from a :class:`~authsec_crewai.testing.authority.MockAuthority` and pass
 through the same parser as the live transport's, so code tested against the
 mock reads exactly what production reads. API calls go through the mock
 server app in process (``httpx.ASGITransport``), no socket needed.
@@ -18,25 +18,25 @@ import anyio
 import httpx
 
 from .. import errors
-from ..authority import DEFAULT_PERMISSIONS, MockAuthority
+from ..testing.authority import DEFAULT_PERMISSIONS, MockAuthority
 from ..token import DelegationToken, TokenRequest
 from ..wire import error_for_status, parse_token_body
 from .base import KeySet, TransportInfo
 
-__all__ = ["Fault", "MockTransport"]
+__all__ = ["MockTransport", "TokenFault"]
 
-Fault = int | Literal["timeout"]
+TokenFault = int | Literal["timeout"]
 """An injected failure: an HTTP status code the server would answer, or a timeout."""
 
 
 @dataclass
 class _FaultPlan:
-    queued: list[Fault] = field(default_factory=list)
+    queued: list[TokenFault] = field(default_factory=list)
     rate: float = 0.0
-    rate_fault: Fault = 500
+    rate_fault: TokenFault = 500
     rng: random.Random = field(default_factory=random.Random)
 
-    def next(self) -> Fault | None:
+    def next(self) -> TokenFault | None:
         if self.queued:
             return self.queued.pop(0)
         if self.rate and self.rng.random() < self.rate:
@@ -83,11 +83,11 @@ class MockTransport:
 
     # --- knobs ---------------------------------------------------------------------
 
-    def fail_next(self, count: int = 1, fault: Fault = 500) -> None:
+    def fail_next(self, count: int = 1, fault: TokenFault = 500) -> None:
         """Make the next ``count`` token fetches fail with ``fault``."""
         self._faults.queued.extend([fault] * count)
 
-    def fail_rate(self, rate: float, fault: Fault = 500) -> None:
+    def fail_rate(self, rate: float, fault: TokenFault = 500) -> None:
         """Make each token fetch fail with probability ``rate`` (0 turns it off)."""
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
@@ -115,7 +115,7 @@ class MockTransport:
 
     def api(self) -> httpx.AsyncBaseTransport:
         if self._api is None:
-            from ..mockserver import create_app
+            from ..testing.mockserver import create_app
 
             self._api = httpx.ASGITransport(app=create_app(self.authority))
         return self._api

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import CassetteError
-from .logging import get_logger
+from ..errors import CassetteError
+from ..logging import get_logger
 
 __all__ = ["NetworkBlockedError", "block_network"]
 

@@ -31,7 +31,7 @@ re-records a whole suite; when it overrides a marker that says otherwise, the
 test gets an :class:`AuthSecCassetteWarning` naming both (never silent).
 
 While a cassette is only replayed, the network is blocked for the test (see
-:mod:`authsec_crewai._netguard`: any TCP connect or host lookup fails, loopback
+:func:`authsec_crewai.testing.block_network`: any TCP connect or host lookup fails, loopback
 included); pass ``block_network=False`` in the marker to allow it.
 
 Fixtures: ``authsec_cassette`` (where and how), ``authsec_transport`` (a
@@ -55,19 +55,20 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pytest
 
-from .cassette import RECORD_MODES, RecordMode
-from .errors import AuthSecError, CassetteError
+from ..cassettes import RECORD_MODES, RecordMode
+from ..errors import AuthSecError, CassetteError
 
 if TYPE_CHECKING:
-    from .broker import TokenBroker
-    from .settings import AuthSecSettings
-    from .transports.base import Transport
-    from .transports.replay import RecordingTransport, ReplayTransport
+    from ..broker import TokenBroker
+    from ..settings import AuthSecSettings
+    from ..transports.base import Transport
+    from ..transports.record import RecordingTransport
+    from ..transports.replay import ReplayTransport
 
-__all__ = ["AuthSecCassetteWarning", "CassetteSpec", "block_network"]
+__all__ = ["AuthSecCassetteWarning", "CassetteSpec"]
 
-MARKER = "authsec_cassette"
-_MARKER_OPTIONS = frozenset(
+CASSETTE_MARKER = "authsec_cassette"
+_CASSETTE_MARKER_OPTIONS = frozenset(
     {"record_mode", "allow_playback_repeats", "strict_unused", "block_network"}
 )
 _OPTION_KEYS = frozenset({"placeholders", "scrub", "secrets", "metadata"})
@@ -76,13 +77,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 
 class AuthSecCassetteWarning(pytest.PytestWarning):
     """The command line's record mode overrode a marker's."""
-
-
-def block_network(reason: str = "the network is blocked in this test") -> Any:
-    """Block every real network connection in a ``with`` block (see ``_netguard``)."""
-    from ._netguard import block_network as guard
-
-    return guard(reason)
 
 
 # --- options and marker ---------------------------------------------------------------------
@@ -110,9 +104,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(name=None, *, record_mode=None, allow_playback_repeats=True, "
+        f"{CASSETTE_MARKER}(name=None, *, record_mode=None, allow_playback_repeats=True, "
         "strict_unused=False, block_network=True): record this test's AuthSec session "
-        "to cassettes/<module>/<name>.json, or replay it (see authsec_crewai.pytest_plugin)",
+        "to cassettes/<module>/<name>.json, or replay it "
+        "(see authsec_crewai.testing.pytest_plugin)",
     )
     ini = str(config.getini("authsec_record_mode")).strip()
     if ini not in RECORD_MODES:
@@ -153,7 +148,7 @@ class CassetteSpec:
 
 def _fail(message: str) -> NoReturn:
     """Fail the test with one line and no traceback: these are usage errors."""
-    pytest.fail(f"{MARKER}: {message}", pytrace=False)
+    pytest.fail(f"{CASSETTE_MARKER}: {message}", pytrace=False)
 
 
 def _default_name(node_name: str) -> str:
@@ -161,14 +156,14 @@ def _default_name(node_name: str) -> str:
 
 
 def _resolve(request: pytest.FixtureRequest, directory: Path) -> CassetteSpec:
-    marker = request.node.get_closest_marker(MARKER)
+    marker = request.node.get_closest_marker(CASSETTE_MARKER)
     args: tuple[Any, ...] = marker.args if marker is not None else ()
     kwargs: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
-    unknown = sorted(set(kwargs) - _MARKER_OPTIONS - {"name"})
+    unknown = sorted(set(kwargs) - _CASSETTE_MARKER_OPTIONS - {"name"})
     if unknown:
         _fail(
             f"unknown option(s) {', '.join(unknown)}; the marker takes a name and "
-            f"{', '.join(sorted(_MARKER_OPTIONS))}"
+            f"{', '.join(sorted(_CASSETTE_MARKER_OPTIONS))}"
         )
     if len(args) > 1 or (args and "name" in kwargs):
         _fail("give the cassette one name, e.g. @pytest.mark.authsec_cassette('vault')")
@@ -196,7 +191,7 @@ def _resolve(request: pytest.FixtureRequest, directory: Path) -> CassetteSpec:
             request.node.warn(
                 AuthSecCassetteWarning(
                     f"--authsec-record-mode={cli_mode} overrides this test's "
-                    f"@pytest.mark.{MARKER}(record_mode={marker_mode!r})"
+                    f"@pytest.mark.{CASSETTE_MARKER}(record_mode={marker_mode!r})"
                 )
             )
     elif marker_mode is not None:
@@ -249,7 +244,7 @@ def authsec_cassette_options() -> dict[str, Any]:
 @pytest.fixture
 def authsec_settings() -> AuthSecSettings:
     """The settings fixtures build from: ``AuthSecSettings()`` (environment and ``.env``)."""
-    from .settings import AuthSecSettings
+    from ..settings import AuthSecSettings
 
     try:
         return AuthSecSettings()
@@ -262,7 +257,7 @@ def authsec_inner_transport(authsec_settings: AuthSecSettings) -> Transport:
     """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and the client
     id are set, else the mock. Only built when the test records."""
     if authsec_settings.base_url is not None and authsec_settings.client_id is not None:
-        from .transports.live import LiveTransport
+        from ..transports.live import LiveTransport
 
         return LiveTransport(
             authsec_settings.base_url,
@@ -270,7 +265,7 @@ def authsec_inner_transport(authsec_settings: AuthSecSettings) -> Transport:
             timeout=authsec_settings.timeout,
             retry_budget=authsec_settings.retry_budget,
         )
-    from .transports.mock import MockTransport
+    from ..transports.mock import MockTransport
 
     return MockTransport()
 
@@ -286,7 +281,8 @@ def authsec_transport(
     At teardown the cassette is written when recording, and with
     ``strict_unused=True`` unused interactions fail the test.
     """
-    from .transports.replay import RecordingTransport, ReplayTransport
+    from ..transports.replay import ReplayTransport, open_cassette_transport
+    from ._netguard import block_network
 
     spec = authsec_cassette
     options = dict(authsec_cassette_options)
@@ -296,41 +292,32 @@ def authsec_transport(
             f"authsec_cassette_options has unknown key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(_OPTION_KEYS))}"
         )
+    if spec.replay_only and not spec.path.exists():
+        _fail(
+            f"cassette {spec.path} does not exist, and the record mode is 'none' "
+            f"(from {spec.record_mode_source}); record it with --authsec-record-mode=once"
+        )
     transport: ReplayTransport | RecordingTransport
     with ExitStack() as stack:
         try:
-            if spec.replay_only:
-                if not spec.path.exists():
-                    _fail(
-                        f"cassette {spec.path} does not exist, and the record mode is 'none' "
-                        f"(from {spec.record_mode_source}); record it with "
-                        "--authsec-record-mode=once"
+            transport = open_cassette_transport(
+                # Built only when something is recorded.
+                lambda: cast("Transport", request.getfixturevalue("authsec_inner_transport")),
+                spec.path,
+                record_mode=spec.record_mode,
+                allow_playback_repeats=spec.allow_playback_repeats,
+                strict_unused=spec.strict_unused,
+                **options,
+            )
+            if isinstance(transport, ReplayTransport) and spec.block_network:
+                attempts = stack.enter_context(
+                    block_network(
+                        f"the network is blocked while {request.node.nodeid} replays "
+                        f"{spec.path.name} (@pytest.mark.{CASSETTE_MARKER}(block_network=False) "
+                        "allows it)"
                     )
-                transport = ReplayTransport(
-                    spec.path,
-                    allow_playback_repeats=spec.allow_playback_repeats,
-                    strict_unused=spec.strict_unused,
-                    placeholders=options.get("placeholders"),
                 )
-                if spec.block_network:
-                    attempts = stack.enter_context(
-                        block_network(
-                            f"the network is blocked while {request.node.nodeid} replays "
-                            f"{spec.path.name} (@pytest.mark.{MARKER}(block_network=False) "
-                            "allows it)"
-                        )
-                    )
-                    stack.callback(_report_attempts, request, attempts)
-            else:
-                inner = request.getfixturevalue("authsec_inner_transport")
-                transport = RecordingTransport(
-                    inner,
-                    spec.path,
-                    record_mode=spec.record_mode,
-                    allow_playback_repeats=spec.allow_playback_repeats,
-                    strict_unused=spec.strict_unused,
-                    **options,
-                )
+                stack.callback(_report_attempts, request, attempts)
         except CassetteError as exc:
             _fail(str(exc))
         yield transport
@@ -357,14 +344,10 @@ def authsec_broker(
 ) -> TokenBroker:
     """A ``TokenBroker`` on the test's transport and the cassette's clock, not yet started:
     ``async with authsec_broker as broker: ...`` (closing it writes the cassette)."""
-    from .broker import TokenBroker
-    from .settings import DEMO_CLIENT_ID, refresh_policy
+    from ..broker import TokenBroker
+    from ..settings import DEMO_CLIENT_ID, refresh_policy
 
-    client_id = (
-        authsec_settings.client_id
-        or getattr(authsec_transport, "client_id", None)
-        or DEMO_CLIENT_ID
-    )
+    client_id = authsec_settings.client_id or authsec_transport.info.client_id or DEMO_CLIENT_ID
     return TokenBroker(
         authsec_transport,
         client_id=client_id,
@@ -385,16 +368,16 @@ def authsec_tool(
 
     Its shared broker is closed at teardown, which writes the cassette.
     """
-    from .fetch import MOCK_API_ORIGIN
-    from .settings import DEMO_CLIENT_ID
-    from .tools import AuthSecSecureFetchTool, close_shared_brokers
+    from ..fetch import MOCK_API_ORIGIN
+    from ..settings import DEMO_CLIENT_ID
+    from ..tools import AuthSecSecureFetchTool, close_shared_brokers
 
     settings = authsec_settings
     # The same client id as authsec_broker's. And replay does not match hosts, but
     # the path prefix must be the recorded one; a recording of the mock has no
     # origin of its own.
-    recorded_client = getattr(authsec_transport, "client_id", None)
-    recorded_api = getattr(authsec_transport, "api_base_url", None)
+    recorded_client = authsec_transport.info.client_id
+    recorded_api = authsec_transport.info.api_base_url
     update: dict[str, Any] = {
         "client_id": settings.client_id or recorded_client or DEMO_CLIENT_ID,
         "api_base_url": settings.api_base_url or recorded_api or MOCK_API_ORIGIN,

@@ -1,7 +1,7 @@
 """The mock AuthSec server and protected "secure vault" API, as one starlette app.
 
 It speaks the contract of ``authsec-api.md`` (same paths, JSON field names and
-status codes) on top of a :class:`~authsec_crewai.authority.MockAuthority`, so
+status codes) on top of a :class:`~authsec_crewai.testing.authority.MockAuthority`, so
 the live transport can be tested against it over a real socket, and the mock
 transport can run it in process through ``httpx.ASGITransport``.
 
@@ -34,9 +34,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import errors
+from .. import errors
+from ..verify import verify_bearer
 from .authority import MockAuthority
-from .verify import verify_bearer
 
 __all__ = [
     "BUNDLE_PATH",
