@@ -18,22 +18,29 @@ import socket
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from _server import MockServer
+from cassettekit import UNSAFE_DIR
+from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
+from authsec_crewai.cassettes import dumps, find_secrets, load, new_document
+from authsec_crewai.cassettes.files import MAX_CASSETTE_BYTES
+from authsec_crewai.cli import main
 from authsec_crewai.fetch import SecureFetcher, error_result, render_result
 from authsec_crewai.logging import configure
 from authsec_crewai.settings import AuthSecSettings, build_broker
 from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, DripServer, Fault
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.live import LiveTransport
+from authsec_crewai.transports.record import RecordingTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_env")]
 
@@ -393,6 +400,50 @@ async def test_a_small_gzip_answer_is_still_read(
     assert token.value == answer["token"]
 
 
+# --- 5. cassettes a recorded session can never be ---------------------------------------------
+
+
+def _cassette_text(*interactions: dict[str, Any]) -> str:
+    return dumps(
+        new_document(recorded_at=1_800_000_000.0, settings={"mode": "mock"},
+                     interactions=list(interactions))
+    )  # fmt: skip
+
+
+def _api_interaction(path: str = "/secure-vault/records", body: Any = None) -> dict[str, Any]:
+    return {
+        "kind": "api",
+        "offset": 0.5,
+        "request": {"method": "GET", "path": path, "query": [], "body": None},
+        "response": {"status": 200, "headers": {}, "body": body or {"json": {"ok": True}}},
+    }
+
+
+@pytest.mark.parametrize("depth", [100_000, 5_000, 500])
+def test_a_deeply_nested_cassette_is_a_cassette_error(tmp_path: Path, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    text = _cassette_text(_api_interaction(body={"json": "NESTED"})).replace('"NESTED"', nested)
+    path = tmp_path / "deep.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(errors.CassetteError, match="nest"):
+        load(path)
+
+
+def test_a_huge_cassette_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    path.write_text(_cassette_text(_api_interaction()), encoding="utf-8")
+    with path.open("r+b") as handle:  # a sparse file: large on paper, cheap on disk
+        handle.truncate(MAX_CASSETTE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.CassetteError, match="larger than"):
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak
+
+
 # --- 6. an echoed token comes back through JSON escapes ----------------------------------------
 
 
@@ -423,6 +474,54 @@ async def test_the_api_token_echoed_by_the_protected_api_is_not_in_the_result(
     async with _fetcher(settings) as fetcher:
         result = await fetcher.fetch("secure-vault/records", "read:records")
     assert API_TOKEN not in json.dumps(result.data)
+
+
+async def test_a_recorded_echo_with_json_escapes_keeps_no_signature(
+    authsec_server: MockServer, client_id: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "echo.json"
+    authsec_server.faults.add(Fault.echoing('{"you sent": "{bearer}"}', escaped=True), path=RECORDS)
+    recording = RecordingTransport(_transport(authsec_server.url), path)
+    async with TokenBroker(recording, client_id=client_id) as broker:
+        fetcher = SecureFetcher(broker, api_base_url=authsec_server.url)
+        await fetcher.fetch("secure-vault/records", "read:records")
+        token = await broker.token(["read:records"])
+    text = path.read_text(encoding="utf-8")
+    assert "you sent" in text
+    decoded = json.dumps(_decode_text_bodies(json.loads(text)), ensure_ascii=False)
+    assert token.value.rsplit(".", 1)[1] not in decoded  # the signature is gone
+    assert find_secrets(load(path).document) == []
+
+
+def _decode_text_bodies(value: Any) -> Any:
+    """Every ``{"text": ...}`` body that holds JSON, decoded (escapes and all)."""
+    if isinstance(value, dict):
+        if set(value) == {"text"} and isinstance(value["text"], str):
+            try:
+                return json.loads(value["text"])
+            except ValueError:
+                return value
+        return {k: _decode_text_bodies(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_text_bodies(v) for v in value]
+    return value
+
+
+def test_cassette_verify_finds_a_token_hidden_behind_json_escapes(
+    tmp_path: Path, mock_authority: Any, client_id: str
+) -> None:
+    jwt = mock_authority.delegate(client_id)["token"]
+    hidden = json.dumps({"echo": jwt}).replace(".", "\\u002e")
+    folder = tmp_path / UNSAFE_DIR
+    folder.mkdir()
+    path = folder / "escaped.json"
+    path.write_text(_cassette_text(_api_interaction(body={"text": hidden})), encoding="utf-8")
+    assert jwt not in path.read_text(encoding="utf-8")
+    findings = find_secrets(load(path).document)
+    assert any("signature" in finding for finding in findings), findings
+    result = CliRunner().invoke(main, ["cassette", "verify", str(path)])
+    assert result.exit_code == 1
+    assert "no secret found" not in result.output
 
 
 # --- 7. the API token echoed back by the token server ------------------------------------------
@@ -558,6 +657,21 @@ def test_the_filter_masks_known_secrets_in_any_http_log_record() -> None:
     install_http_log_filter()
     assert API_TOKEN not in stream.getvalue()
     assert stream.getvalue().count("[redacted]") == len(HTTP_LOGGERS)
+
+
+# --- 10. terminal escapes in cassette show -------------------------------------------------------
+
+
+def test_cassette_show_escapes_control_characters(tmp_path: Path) -> None:
+    hostile = "/x\x1b[2J\x1b]0;pwned\x07\u202e[bold red]markup[/]"
+    path = tmp_path / "terminal.json"
+    path.write_text(_cassette_text(_api_interaction(path=hostile)), encoding="utf-8")
+    result = CliRunner().invoke(main, ["cassette", "show", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "\u202e" not in result.output
+    assert "\\x1b[2J" in result.output and "\\x07" in result.output
+    assert "[bold red]markup[/]" in result.output  # shown, not interpreted
 
 
 # --- 11. the signed audience is held to the answer's -------------------------------------------
