@@ -773,8 +773,9 @@ class SecureFetcher:
         path: str,
     ) -> tuple[Any, str | None]:
         """A 2xx answer as data (token masked); anything else as a typed error."""
-        content_type = headers.get("content-type")
         secrets = self._secrets(token)
+        declared = headers.get("content-type")
+        content_type = None if declared is None else scrub_secrets(declared, secrets)
         if 200 <= status < 300:
             # An API that echoes credentials must not leak them: the text is
             # scrubbed, and so are the decoded values when JSON escapes
@@ -789,7 +790,9 @@ class SecureFetcher:
                 return text, content_type
             return (scrub_value(data, secrets) if "\\" in text else data), content_type
         if 300 <= status < 400:
-            where = _redirect_target(self._origin, headers.get("location", ""))
+            where = scrub_secrets(
+                _redirect_target(self._origin, headers.get("location", "")), secrets
+            )
             raise errors.ProtectedApiError(
                 f"the API answered {status}, a redirect {where}; redirects are not followed, "
                 f"so the token is only ever sent to {self.api_base_url}. Ask for the final "
@@ -806,7 +809,7 @@ class SecureFetcher:
             )
         if status == 403:
             needed = re.search(r'scope="([^"]{1,128})"', headers.get("www-authenticate", ""))
-            need = f" (it needs {needed.group(1)!r})" if needed else ""
+            need = f" (it needs {scrub_secrets(needed.group(1), secrets)!r})" if needed else ""
             granted = ", ".join(sorted(token.permissions)) or "nothing"
             raise errors.InsufficientScopeError(
                 f"the API answered 403 for {path!r}: the token does not grant what this "

@@ -39,6 +39,17 @@ _RFC3339 = re.compile(
 )
 
 
+_TIMESTAMP_CHARS = re.compile(r"[0-9TtZz:.+\- ]{1,40}")
+
+
+def _quoted_timestamp(text: str) -> str:
+    """``text`` quoted for a message if it could be a mistyped timestamp; anything
+    else (a server may put anything there, a token included) is not repeated."""
+    if _TIMESTAMP_CHARS.fullmatch(text):
+        return repr(text)
+    return "(not shown: it does not look like a timestamp)"
+
+
 def parse_rfc3339(text: str) -> datetime:
     """Parse RFC 3339 with up to nanosecond fractions into an aware UTC datetime.
 
@@ -47,7 +58,7 @@ def parse_rfc3339(text: str) -> datetime:
     """
     match = _RFC3339.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+        raise ValueError(f"not an RFC 3339 timestamp: {_quoted_timestamp(text)}")
     frac = (match["frac"] or "")[:6].ljust(6, "0")
     tz = "+00:00" if match["tz"] in ("Z", "z") else match["tz"]
     parsed = datetime.fromisoformat(f"{match['base'].replace(' ', 'T')}.{frac}{tz}")
@@ -91,7 +102,7 @@ def _expiry(body: Mapping[str, Any], now: datetime) -> datetime:
             return parse_rfc3339(raw)
         except ValueError as exc:
             raise errors.InvalidTokenResponseError(
-                f"'expires_at' is not an RFC 3339 timestamp: {raw[:40]!r}"
+                f"'expires_at' is not an RFC 3339 timestamp: {_quoted_timestamp(raw)}"
             ) from exc
     for name in ("ttl_seconds", "expires_in"):
         seconds = body.get(name)

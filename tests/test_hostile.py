@@ -561,6 +561,26 @@ async def test_an_echoed_api_token_is_not_in_a_retry_log(
     assert API_TOKEN not in repr(logs)
 
 
+@pytest.mark.parametrize("where", ["expires_at", "content-type"])
+async def test_an_api_token_echoed_in_a_200_answer_is_in_no_message(
+    authsec_server: MockServer, client_id: str, where: str
+) -> None:
+    good = authsec_server.authority.delegate(client_id)
+    if where == "expires_at":
+        fault = Fault.echoing(json.dumps({**good, "expires_at": "{bearer}"}))
+    else:
+        fault = Fault(status=200, echo="{bearer}", echo_header="content-type")
+    authsec_server.faults.add(fault)
+    transport = _transport(authsec_server.url, api_token=API_TOKEN)
+    try:
+        with pytest.raises(errors.InvalidTokenResponseError) as caught:
+            await transport.fetch_token(_request(client_id))
+    finally:
+        await transport.aclose()
+    assert API_TOKEN not in str(caught.value)
+    assert API_TOKEN[:12] not in str(caught.value)
+
+
 # --- 8. mask first, then cut -------------------------------------------------------------------
 
 

@@ -270,9 +270,10 @@ class LiveTransport:
                 f"within {self.timeout:g}s (AUTHSEC_TIMEOUT; {type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
-            if not self._answered and _never_reachable(exc):
+            hopeless = None if self._answered else _never_reachable(exc)
+            if hopeless:
                 raise errors.UnreachableError(
-                    f"could not talk to AuthSec at {self.base_url}: {_never_reachable(exc)}; "
+                    f"could not talk to AuthSec at {self.base_url}: {hopeless}; "
                     "check AUTHSEC_BASE_URL and the network (not retried: nothing there "
                     "has ever answered)"
                 ) from None
@@ -355,11 +356,14 @@ class LiveTransport:
                 )
             body = _json_or_none(raw)
             if body is None:
+                declared = self._scrub(resp_headers.get("content-type", "unknown"))[:80]
                 raise errors.InvalidTokenResponseError(
-                    "AuthSec's delegation-token answer is not JSON "
-                    f"(content-type {resp_headers.get('content-type', 'unknown')!r})"
+                    f"AuthSec's delegation-token answer is not JSON (content-type {declared!r})"
                 )
-            return parse_token_body(body, now=self._clock())
+            try:
+                return parse_token_body(body, now=self._clock())
+            except errors.InvalidTokenResponseError as exc:  # may quote the server's text
+                raise errors.InvalidTokenResponseError(self._scrub(str(exc))) from None
 
         token: DelegationToken = await self._with_retries(attempt, "delegation-token")
         _log.info(
