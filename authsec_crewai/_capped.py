@@ -23,6 +23,9 @@ ACCEPT_ENCODING = "gzip, deflate"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
+_STEP = 256 * 1024
+"""Decoded bytes per decompression call: zlib grows its output buffer by
+copying, so one huge call would briefly hold twice what it returns."""
 
 
 class BodyTooLarge(Exception):
@@ -43,16 +46,18 @@ class _Inflater:
         self._started = False
 
     def feed(self, data: bytes, room: int) -> bytes:
-        """Up to ``room + 1`` decoded bytes of ``data`` (one more says "over the cap")."""
+        """Up to ``room + 1`` decoded bytes of ``data`` (one more says "over the cap"),
+        at most :data:`_STEP` at a time; the rest of ``data`` waits in :attr:`pending`."""
+        wanted = min(room + 1, _STEP)
         try:
-            out = self._zlib.decompress(data, room + 1)
+            out = self._zlib.decompress(data, wanted)
         except zlib.error:
             if self._started or self._encoding != "deflate":
                 raise BodyUndecodable(f"corrupt {self._encoding} data") from None
             # "deflate" is often sent without the zlib header (raw deflate).
             self._zlib = zlib.decompressobj(_RAW_DEFLATE_WBITS)
             try:
-                out = self._zlib.decompress(data, room + 1)
+                out = self._zlib.decompress(data, wanted)
             except zlib.error:
                 raise BodyUndecodable("corrupt deflate data") from None
         self._started = True

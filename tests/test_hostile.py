@@ -40,7 +40,7 @@ from authsec_crewai.settings import AuthSecSettings, build_broker
 from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, DripServer, Fault
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.live import LiveTransport
-from authsec_crewai.transports.record import RecordingTransport
+from authsec_crewai.transports.record import MAX_RECORDED_BODY_BYTES, RecordingTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_env")]
 
@@ -331,8 +331,9 @@ async def _peak_memory_of(coroutine: Any) -> tuple[int, BaseException | None]:
 async def test_a_compression_bomb_from_the_token_endpoint_stays_under_the_cap(
     authsec_server: MockServer, client_id: str, encoding: str
 ) -> None:
-    authsec_server.faults.add(Fault.bomb(64 * 1024 * 1024, encoding=encoding))
     transport = _transport(authsec_server.url)
+    await transport.fetch_token(_request(client_id))  # the client (and its TLS context) made
+    authsec_server.faults.add(Fault.bomb(64 * 1024 * 1024, encoding=encoding))
     try:
         peak, error = await _peak_memory_of(transport.fetch_token(_request(client_id)))
     finally:
@@ -366,6 +367,20 @@ async def test_concurrent_compression_bombs_from_the_api_stay_under_the_cap(
     assert error is None
     assert kinds == ["response_too_large"] * 8
     assert peak < 8 * 4 * settings.max_response_bytes, peak  # it was 8 x 64 MiB
+
+
+async def test_a_compression_bomb_is_not_recorded_and_stays_under_the_recorders_cap(
+    authsec_server: MockServer, client_id: str, tmp_path: Path
+) -> None:
+    recording = RecordingTransport(_transport(authsec_server.url), tmp_path / "bomb.json")
+    async with TokenBroker(recording, client_id=client_id) as broker:
+        fetcher = SecureFetcher(broker, api_base_url=authsec_server.url)
+        await fetcher.fetch("secure-vault/records", "read:records")
+        authsec_server.faults.add(Fault.bomb(256 * 1024 * 1024), path=RECORDS)
+        peak, error = await _peak_memory_of(fetcher.fetch("secure-vault/records", "read:records"))
+    assert isinstance(error, errors.CassetteError)
+    assert "larger than" in str(error)
+    assert peak < 1.5 * MAX_RECORDED_BODY_BYTES, peak  # it was the whole 256 MiB
 
 
 async def test_an_encoding_that_was_not_asked_for_is_refused(
