@@ -4,7 +4,8 @@ secret survives an echo.
 Each test points the library at a real server on 127.0.0.1 that misbehaves on
 purpose: the mock app's faults (dripping bodies, compression bombs, echoes,
 404 pages that are not AuthSec's) over uvicorn, or :class:`DripServer`, a raw
-socket server that drips even its headers. Every async test runs under
+socket server that drips even its headers; and cassettes no recorded session
+could be. Every async test runs under
 asyncio and trio. The hang guards (``anyio.fail_after``) are far above the
 deadlines under test: they only turn a hang into a failure.
 """
@@ -16,7 +17,7 @@ import json
 import logging
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from authsec_crewai.cassettes import dumps, find_secrets, load, new_document
 from authsec_crewai.cassettes.files import MAX_CASSETTE_BYTES
 from authsec_crewai.cli import main
 from authsec_crewai.fetch import SecureFetcher, error_result, render_result
-from authsec_crewai.logging import configure
+from authsec_crewai.logging import HTTP_LOGGERS, configure, install_http_log_filter
 from authsec_crewai.settings import AuthSecSettings, build_broker
 from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, DripServer, Fault
 from authsec_crewai.token import TokenRequest
@@ -635,63 +636,53 @@ async def test_a_token_at_the_cut_of_an_api_error_is_masked(
 # --- 9. httpx/httpcore debug logs ---------------------------------------------------------------
 
 
-async def test_http_debug_logs_do_not_carry_an_echoed_token(
-    authsec_server: MockServer, client_id: str
-) -> None:
+@pytest.fixture
+def http_log() -> Iterator[io.StringIO]:
+    """The httpx/httpcore stdlib loggers at DEBUG into a string; all restored after
+    (levels, handlers, and any filter a test installed)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
-    configure(level="DEBUG", stream=io.StringIO())
-    for logger in loggers:
+    loggers = [logging.getLogger(name) for name in HTTP_LOGGERS]
+    saved = [(logger.level, list(logger.filters)) for logger in loggers]
+    for logger in loggers[:2]:  # httpx, httpcore: the others propagate to httpcore
         logger.setLevel(logging.DEBUG)
         logger.addHandler(handler)
-    authsec_server.faults.add(
-        Fault.echoing(
-            '{"error": "invalid_token"}',
-            status=401,
-        ),
-        count=2,
-        path=RECORDS,
-    )
+    try:
+        yield stream
+    finally:
+        for logger, (level, filters) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.filters[:] = filters
+
+
+async def test_http_debug_logs_do_not_carry_an_echoed_token(
+    authsec_server: MockServer, client_id: str, http_log: io.StringIO
+) -> None:
+    configure(level="DEBUG", stream=io.StringIO())  # what an application (or the CLI) does
     authsec_server.faults.add(
         Fault(status=401, echo='Bearer error="invalid_token", token="{bearer}"',
               echo_header="www-authenticate"),
         count=2, path=RECORDS,
     )  # fmt: skip
-    try:
-        async with _fetcher(_live(authsec_server, client_id)) as fetcher:
-            token = await fetcher.broker.token(["read:records"])
-            with pytest.raises(errors.ProtectedApiError):
-                await fetcher.fetch("secure-vault/records", "read:records")
-            with pytest.raises(errors.ProtectedApiError):
-                await fetcher.fetch("secure-vault/records", "read:records")
-    finally:
-        for logger, (level, _) in zip(loggers, saved, strict=True):
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-    text = stream.getvalue()
+    async with _fetcher(_live(authsec_server, client_id)) as fetcher:
+        token = await fetcher.broker.token(["read:records"])
+        with pytest.raises(errors.ProtectedApiError):  # 401, and 401 again after a retry
+            await fetcher.fetch("secure-vault/records", "read:records")
+    text = http_log.getvalue()
     assert "www-authenticate" in text  # httpcore did log the headers
     assert token.value not in text
     assert token.value[:40] not in text
 
 
-def test_the_filter_masks_known_secrets_in_any_http_log_record() -> None:
-    from authsec_crewai.logging import HTTP_LOGGERS, install_http_log_filter
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
+def test_the_filter_masks_known_secrets_in_any_http_log_record(http_log: io.StringIO) -> None:
     install_http_log_filter(secrets=[API_TOKEN])
     for name in HTTP_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        try:
-            logger.warning("headers %r", [(b"x-echo", API_TOKEN.encode())])
-        finally:
-            logger.removeHandler(handler)
-    install_http_log_filter()
-    assert API_TOKEN not in stream.getvalue()
-    assert stream.getvalue().count("[redacted]") == len(HTTP_LOGGERS)
+        logging.getLogger(name).warning("headers %r", [(b"x-echo", API_TOKEN.encode())])
+    assert API_TOKEN not in http_log.getvalue()
+    assert http_log.getvalue().count("[redacted]") == len(HTTP_LOGGERS)
+    install_http_log_filter()  # again: replaces the filter, does not stack a second one
+    assert all(len(logging.getLogger(name).filters) == 1 for name in HTTP_LOGGERS)
 
 
 # --- 10. terminal escapes in cassette show -------------------------------------------------------
