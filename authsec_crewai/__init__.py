@@ -2,6 +2,9 @@
 
 The public API is re-exported here lazily, so ``import authsec_crewai`` costs
 almost nothing and never imports crewai (only ``authsec_crewai.tools`` does).
+What is not named in ``__all__`` here, in :mod:`authsec_crewai.transports`, or
+in the ``__all__`` of :mod:`~authsec_crewai.tools` and
+:mod:`~authsec_crewai.logging` is internal and may change.
 """
 
 from __future__ import annotations
@@ -9,37 +12,98 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import errors as _errors
+from ._version import __version__
+
 if TYPE_CHECKING:
     from .broker import BrokerStats, RefreshPolicy, TokenBroker
-    from .fetch import SecureFetcher
-    from .settings import AuthSecSettings
+    from .errors import (
+        AuthenticationError,
+        AuthSecError,
+        BrokerClosedError,
+        CassetteError,
+        ConfigurationError,
+        DelegationExpiredError,
+        EndpointRefusedError,
+        FetchError,
+        InsufficientScopeError,
+        InvalidClientIdError,
+        InvalidTokenResponseError,
+        NotDelegatedError,
+        ProtectedApiError,
+        RateLimitedError,
+        ResponseTooLargeError,
+        ScopeNotGrantedError,
+        ScopeRefusedError,
+        ServerError,
+        TokenError,
+        TokenVerificationError,
+        TransportError,
+        TransportTimeoutError,
+    )
+    from .fetch import FetchResult, SecureFetcher
+    from .settings import DEMO_CLIENT_ID, AuthSecSettings
     from .sync import SyncTokenBroker
     from .token import DelegationToken, TokenRequest
-
-__version__ = "0.2.0"
-
-__all__ = [
-    "AuthSecSettings",
-    "BrokerStats",
-    "DelegationToken",
-    "RefreshPolicy",
-    "SecureFetcher",
-    "SyncTokenBroker",
-    "TokenBroker",
-    "TokenRequest",
-    "__version__",
-]
+    from .wiring import build_broker, build_fetcher, build_transport, refresh_policy
 
 _WHERE = {
     "AuthSecSettings": ".settings",
     "BrokerStats": ".broker",
+    "DEMO_CLIENT_ID": ".settings",
     "DelegationToken": ".token",
+    "FetchResult": ".fetch",
     "RefreshPolicy": ".broker",
     "SecureFetcher": ".fetch",
     "SyncTokenBroker": ".sync",
     "TokenBroker": ".broker",
     "TokenRequest": ".token",
+    "build_broker": ".wiring",
+    "build_fetcher": ".wiring",
+    "build_transport": ".wiring",
+    "refresh_policy": ".wiring",
+    **dict.fromkeys(_errors.__all__, ".errors"),
 }
+
+__all__ = [
+    "DEMO_CLIENT_ID",
+    "AuthSecError",
+    "AuthSecSettings",
+    "AuthenticationError",
+    "BrokerClosedError",
+    "BrokerStats",
+    "CassetteError",
+    "ConfigurationError",
+    "DelegationExpiredError",
+    "DelegationToken",
+    "EndpointRefusedError",
+    "FetchError",
+    "FetchResult",
+    "InsufficientScopeError",
+    "InvalidClientIdError",
+    "InvalidTokenResponseError",
+    "NotDelegatedError",
+    "ProtectedApiError",
+    "RateLimitedError",
+    "RefreshPolicy",
+    "ResponseTooLargeError",
+    "ScopeNotGrantedError",
+    "ScopeRefusedError",
+    "SecureFetcher",
+    "ServerError",
+    "SyncTokenBroker",
+    "TokenBroker",
+    "TokenError",
+    "TokenRequest",
+    "TokenVerificationError",
+    "TransportError",
+    "TransportTimeoutError",
+    "__version__",
+    "build_broker",
+    "build_fetcher",
+    "build_transport",
+    "refresh_policy",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -208,7 +208,7 @@ class TokenBroker:
         self._monotonic = monotonic
         self._close_transport = close_transport
         self._rng = rng or random.Random()
-        self._mode = str(getattr(transport, "mode", type(transport).__name__))
+        self._mode = transport.info.mode
 
         self._lock = threading.Lock()
         self._cache: dict[TokenRequest, _Entry] = {}
@@ -244,7 +244,7 @@ class TokenBroker:
                 leeway=self._verify_leeway,
                 clock=self._clock,
                 # A replaying transport serves tokens whose signatures were redacted.
-                claims_only=bool(getattr(self.transport, "claims_only", False)),
+                claims_only=self.transport.info.claims_only,
             )
         tg = anyio.create_task_group()
         await tg.__aenter__()

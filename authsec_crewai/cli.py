@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import AuthSecError, ConfigurationError
 from .redact import redact_text
 
@@ -164,8 +164,9 @@ def token(scopes: tuple[str, ...], as_json: bool) -> None:
     """
     import anyio
 
-    from .settings import AuthSecSettings, build_broker
+    from .settings import AuthSecSettings
     from .token import canonical_scopes
+    from .wiring import build_broker
 
     wanted: tuple[str, ...] = scopes or ("read:records",)
     try:
@@ -180,7 +181,7 @@ def token(scopes: tuple[str, ...], as_json: bool) -> None:
             return await broker.token(wanted)
 
     delegation = anyio.run(fetch)
-    if settings.mode == "auto" and mode == "mock":  # after success: a failure stays one line
+    if settings.auto_chose_mock:  # after success: a failure stays one line
         click.echo(
             "note: AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are not both set, so this is a "
             "MOCK token (set AUTHSEC_MODE=mock to silence this note)",
@@ -591,16 +592,16 @@ def fetch(endpoint: str, scope: str, params: tuple[str, ...]) -> None:
     import anyio
 
     from .errors import AuthSecError as _AuthSecError
-    from .fetch import SecureFetcher, error_result, render_result
-    from .settings import AuthSecSettings, build_broker
+    from .fetch import error_result, render_result
+    from .settings import AuthSecSettings
+    from .wiring import build_broker, build_fetcher
 
     pairs = _parse_params(params)
     settings = AuthSecSettings()
-    mode = settings.resolved_mode
 
     async def call() -> dict[str, Any]:
         async with build_broker(settings) as broker:
-            fetcher = SecureFetcher(broker, settings)
+            fetcher = build_fetcher(broker, settings)
             try:
                 result = await fetcher.fetch(endpoint, scope, params=pairs)
             except ConfigurationError:
@@ -610,7 +611,7 @@ def fetch(endpoint: str, scope: str, params: tuple[str, ...]) -> None:
             return result.to_dict()
 
     payload = anyio.run(call)
-    if settings.mode == "auto" and mode == "mock":
+    if settings.auto_chose_mock:
         click.echo(
             "note: AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are not both set, so this called "
             "the MOCK vault (set AUTHSEC_MODE=mock to silence this note)",

@@ -31,13 +31,16 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import anyio
+import anyio.lowlevel
 import httpx
 
-from . import __version__, errors
+from . import errors
 from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
+from ._urls import check_base_url
+from ._version import __version__
 from .logging import get_logger
 from .redact import redact_text, scrub_secrets, scrub_value
 from .token import canonical_scopes
@@ -372,29 +375,13 @@ def normalize_params(params: ParamsLike) -> list[tuple[str, str]]:
 
 
 def _check_api_base_url(url: str) -> str:
-    """The protected API's base URL: http(s), a host, no user-info, query or fragment."""
-    text = url.strip()
+    """The protected API's base URL by the library's one URL rule (see :mod:`._urls`)."""
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
+        return check_base_url(url)
+    except ValueError as exc:
         raise errors.ConfigurationError(
-            f"the protected-API base URL {_show(text)} is not a valid URL"
+            f"the protected-API base URL (AUTHSEC_API_BASE_URL) {exc}"
         ) from None
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or "@" in parts.netloc
-        or parts.query
-        or parts.fragment
-        or "\\" in text
-        or any(ch.isspace() for ch in text)
-    ):
-        raise errors.ConfigurationError(
-            f"the protected-API base URL {_show(text)} must be http(s)://host[:port][/path] "
-            "without credentials, query or fragment (AUTHSEC_API_BASE_URL)"
-        )
-    return text.rstrip("/")
 
 
 # --- the fetcher --------------------------------------------------------------------------------
@@ -402,20 +389,30 @@ def _check_api_base_url(url: str) -> str:
 
 _POOL_SIZE = 100
 """httpx's default connection limit, which the transports' API pools use."""
-_limiters: weakref.WeakKeyDictionary[object, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+_limiters: weakref.WeakKeyDictionary[
+    object, weakref.WeakKeyDictionary[object, anyio.CapacityLimiter]
+]
+_limiters = weakref.WeakKeyDictionary()
 
 
 def _pool_limiter(pool: object) -> anyio.CapacityLimiter:
-    """At most as many requests in flight per connection pool as it has connections.
+    """At most as many requests in flight per connection pool, per event loop, as it has
+    connections.
 
     httpcore re-scans every queued request against every connection each time
     one frees up, so 1,000 requests queued on a 100-connection pool cost
     seconds of CPU before the first one is sent. Waiting here instead, in
     anyio's FIFO limiter, keeps the pool's queue empty and the order fair.
+    A limiter belongs to one event loop; an in-process API transport (the mock
+    app, a cassette) serves every loop, so each loop gets its own.
     """
-    limiter = _limiters.get(pool)
+    loop = anyio.lowlevel.current_token().native_token
+    per_loop = _limiters.get(pool)
+    if per_loop is None:
+        per_loop = _limiters[pool] = weakref.WeakKeyDictionary()
+    limiter = per_loop.get(loop)
     if limiter is None:
-        limiter = _limiters[pool] = anyio.CapacityLimiter(_POOL_SIZE)
+        limiter = per_loop[loop] = anyio.CapacityLimiter(_POOL_SIZE)
     return limiter
 
 
@@ -453,21 +450,24 @@ def _redirect_target(origin: httpx.URL, location: str) -> str:
 class SecureFetcher:
     """Guards an agent's protected-API call and makes it with a delegation token.
 
-    ``broker`` supplies tokens; API traffic goes through ``client`` when given,
+    ``broker`` supplies tokens. API traffic goes through ``client`` when given,
     else through an ``httpx.AsyncClient`` built on first use over
-    ``api_transport``, by default ``broker.transport.api()`` (the mode's
-    transport: a socket pool when live, the mock vault in process when mock).
+    ``api_transport``: the mode's transport's :meth:`~authsec_crewai.transports.Transport.api`
+    (the mock vault in process, a cassette, a live socket pool) or a pool of the
+    caller's own. :func:`authsec_crewai.wiring.build_fetcher` picks it; one of
+    the two is required, so a fetcher never guesses where its traffic goes.
     That client is created lazily so it belongs to the event loop that first
-    uses it; share a fetcher across event loops only when the transport allows
-    it (the tools give each event loop its own live pool, or run every call on
-    the broker's loop, for this reason).
+    uses it; share a fetcher across event loops only when its API transport
+    allows it (the async tool gives each event loop a fetcher of its own).
 
     Policy comes from ``settings`` (``allowed_scopes``, ``allowed_endpoints``,
     ``allowed_methods``, ``max_response_bytes``, ``timeout``,
     ``api_base_url``); without settings: no allowlists, GET only, 1 MiB. The
-    base URL is ``api_base_url``, else the settings', else the one a replaying
-    transport recorded, else (for a transport that is not live)
-    :data:`MOCK_API_ORIGIN`, which never resolves.
+    base URL is ``api_base_url``, else the settings', else the one the broker's
+    transport declares (``info.api_base_url``: a replay's recorded origin), else,
+    when that transport's API is not the network (``info.network_api`` false),
+    :data:`MOCK_API_ORIGIN`, which never resolves. A network API with no
+    origin configured is a :class:`~authsec_crewai.errors.ConfigurationError`.
     """
 
     def __init__(
@@ -475,22 +475,27 @@ class SecureFetcher:
         broker: TokenBroker,
         settings: AuthSecSettings | None = None,
         *,
+        api_transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
         api_base_url: str | None = None,
-        api_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        if (api_transport is None) == (client is None):
+            raise errors.ConfigurationError(
+                "SecureFetcher needs exactly one of api_transport= (e.g. transport.api()) or "
+                "client=; authsec_crewai.wiring.build_fetcher chooses it from the broker"
+            )
         self.broker = broker
         self._api_transport = api_transport
-        mode = str(getattr(broker.transport, "mode", type(broker.transport).__name__))
-        self.mode = mode
+        info = broker.transport.info
+        self.mode = info.mode
+        self._known_secrets = info.secrets
         base = api_base_url or (settings.api_base_url if settings is not None else None)
         if base is None:
             # A replay knows the origin it recorded; it does not match hosts, so this
             # is only for names in messages and logs.
-            recorded = getattr(broker.transport, "api_base_url", None)
-            base = recorded if isinstance(recorded, str) and recorded else None
+            base = info.api_base_url or None
         if base is None:
-            if mode == "live":
+            if info.network_api:
                 raise errors.ConfigurationError(
                     "AUTHSEC_API_BASE_URL (or AUTHSEC_BASE_URL) is not set: the fetcher "
                     "does not know where the protected API is, and sends the token nowhere else"
@@ -515,7 +520,7 @@ class SecureFetcher:
             self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
             self.timeout = 10.0
         self._client = client
-        self._pool: object = client  # what shares connections; the transport's pool below
+        self._pool: object = client if client is not None else api_transport
 
     def __repr__(self) -> str:
         return f"SecureFetcher(api_base_url={self.api_base_url!r}, mode={self.mode!r})"
@@ -527,10 +532,9 @@ class SecureFetcher:
             # follow_redirects=False: a redirect would carry the Authorization
             # header's token to wherever the API (or an attacker) points.
             # Never closed here: closing a client closes its transport, which
-            # is the broker's transport's shared pool.
-            self._pool = pool = self._api_transport or self.broker.transport.api()
+            # may be the mode's transport's shared pool.
             self._client = httpx.AsyncClient(
-                transport=pool,
+                transport=self._api_transport,
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
                 headers={"user-agent": f"authsec-crewai/{__version__}"},
@@ -539,8 +543,7 @@ class SecureFetcher:
 
     def _secrets(self, token: DelegationToken) -> tuple[str, ...]:
         """Every secret an answer must not carry: the token sent, the API token."""
-        info = getattr(self.broker.transport, "info", None)
-        return (token.value, *getattr(info, "secrets", ()))
+        return (token.value, *self._known_secrets)
 
     def _url(self, path: str) -> httpx.URL:
         """The absolute URL for a validated path, checked to be under the base URL."""

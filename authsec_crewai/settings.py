@@ -2,29 +2,27 @@
 
 Why a settings object rather than loose ``os.environ`` reads: every value is
 checked once, at construction, with a message that names the variable to fix;
-the mode is chosen in one place (``resolved_mode``), so "live is configured but
-broken" can never quietly become "mock"; and the factories below build the
-transport and broker from the same object, so the tools, the CLI and user code
-cannot disagree about what the configuration means.
+the mode is resolved once, by a validator (``resolved_mode``), so "live is
+configured but broken" can never quietly become "mock". Objects are built from
+it in one place, :mod:`authsec_crewai.wiring`, so the tools, the CLI, the pytest
+plugin and user code cannot disagree about what the configuration means.
 
-Importing this module is cheap: transports and the broker are imported inside
-the functions that need them, never at module level.
+Importing this module is cheap: it imports neither the transports nor the broker.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
-import threading
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -32,12 +30,9 @@ from pydantic import (
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ._urls import check_base_url
 from .errors import ConfigurationError
 from .token import canonical_scopes
-
-if TYPE_CHECKING:
-    from .broker import RefreshPolicy, TokenBroker
-    from .transports.base import Transport
 
 __all__ = [
     "DEMO_CLIENT_ID",
@@ -46,10 +41,7 @@ __all__ = [
     "LogFormat",
     "Mode",
     "ResolvedMode",
-    "build_broker",
-    "build_transport",
     "env_var",
-    "refresh_policy",
 ]
 
 Mode = Literal["auto", "live", "mock", "record", "replay"]
@@ -71,10 +63,6 @@ _UUID_TEXT = re.compile(
 )
 _HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
-
-_auto_mock_warned = threading.Event()
-"""Set once the auto -> mock warning was logged: it is said once per process,
-not once per tool instance (a crew builds many)."""
 
 
 def env_var(field_name: str) -> str:
@@ -110,37 +98,6 @@ def _split_list(value: Any, *, separators: str = ",") -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"looks like JSON but is not valid JSON ({exc.msg})") from None
     return [part for part in re.split(f"[{re.escape(separators)}]", text) if part.strip()]
-
-
-def _check_url(value: str) -> str:
-    """An http(s) URL with a host and no credentials, query or fragment; no trailing slash.
-
-    Credentials in a URL end up in logs, proxies and error messages; a query or
-    fragment would be silently mangled when paths are appended to it.
-    """
-    text = value.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        raise ValueError("is not a valid URL; expected e.g. https://authsec.example.com") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(
-            "must start with https:// (or http:// for local testing); "
-            f"got scheme {parts.scheme or '(none)'!r}"
-        )
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise ValueError(
-            "must not contain credentials (user:password@); put the API token in "
-            f"{env_var('api_token')} instead"
-        )
-    if not parts.hostname:
-        raise ValueError("has no host; expected e.g. https://authsec.example.com")
-    if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise ValueError("must not have a query string or fragment")
-    if "\\" in text or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        raise ValueError("must not contain backslashes, whitespace or control characters")
-    return text.rstrip("/")
 
 
 def _check_path_prefix(value: str) -> str:
@@ -277,7 +234,7 @@ class AuthSecSettings(BaseSettings):
             base = _empty_to_none(data.get("base_url"))
             if isinstance(base, str):
                 try:
-                    _check_url(base)
+                    check_base_url(base)
                 except ValueError:
                     return data  # reported once, against AUTHSEC_BASE_URL
                 data = {**data, "api_base_url": base}
@@ -301,7 +258,7 @@ class AuthSecSettings(BaseSettings):
     @field_validator("base_url", "api_base_url")
     @classmethod
     def _check_urls(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value)
+        return None if value is None else check_base_url(value)
 
     @field_validator("client_id", "api_token", "cassette", mode="before")
     @classmethod
@@ -395,81 +352,79 @@ class AuthSecSettings(BaseSettings):
             )
         return self
 
-    # --- derived values ------------------------------------------------------------
+    _resolved_mode: ResolvedMode = PrivateAttr()
+
+    @_model_validator(mode="after")
+    def _resolve_mode(self) -> AuthSecSettings:
+        """Decide the mode once, here: ``auto`` becomes live or mock, and a mode whose
+        settings are missing is refused at construction, naming the variable.
+
+        ``live`` with missing values must never turn into mock data. ``record``
+        records the live server when ``base_url`` and the client id are set and
+        the mock when neither is; one without the other is the same error as in
+        ``live``. Says nothing: the auto -> mock warning is logged by the wiring
+        when it builds a mock from these settings.
+        """
+        self._resolved_mode = _resolve(self)
+        return self
 
     @property
     def resolved_mode(self) -> ResolvedMode:
-        """The mode actually used; ``auto`` decided here, and nowhere else.
-
-        ``live`` with missing values raises ``ConfigurationError`` naming the
-        variable: an explicit request for the real server must never turn into
-        mock data. ``record`` records the live server when ``base_url`` and the
-        client id are set and the mock when neither is; one without the other
-        is the same error as in ``live``.
-        """
-        mode = self.mode
-        if mode == "auto":
-            if self.base_url and self.client_id:
-                return "live"
-            _warn_auto_mock(self)
-            return "mock"
-        # record records the live server when it is configured and the mock when
-        # nothing is; half a live configuration is a typo, never a quiet mock.
-        if mode == "live" or (
-            mode == "record" and (self.base_url is not None or self.client_id is not None)
-        ):
-            for name in ("base_url", "client_id"):
-                if getattr(self, name) is None:
-                    raise ConfigurationError(
-                        f"{env_var(name)} is not set; AUTHSEC_MODE={self.mode} needs "
-                        f"{env_var('base_url')} and {env_var('client_id')} "
-                        f"(or AUTHSEC_AGENT_CLIENT_ID). Set them, or use AUTHSEC_MODE=mock "
-                        "for local development"
-                    )
-        if mode in ("record", "replay") and self.cassette is None:
-            raise ConfigurationError(
-                f"{env_var('cassette')} is not set; AUTHSEC_MODE={self.mode} needs the path "
-                "of the cassette file to " + ("write" if self.mode == "record" else "read")
-            )
-        return mode
+        """The mode actually used (``auto`` resolved at construction; see ``_resolve_mode``)."""
+        return self._resolved_mode
 
     @property
-    def effective_client_id(self) -> str:
-        """The client id to ask for: the configured one, or the demo id in mock/replay."""
-        if self.client_id is not None:
-            return self.client_id
-        if self.resolved_mode in ("mock", "replay", "record"):  # record: of the mock
-            return DEMO_CLIENT_ID
-        raise ConfigurationError(  # pragma: no cover - resolved_mode raised already
-            f"{env_var('client_id')} is not set"
-        )
+    def auto_chose_mock(self) -> bool:
+        """True when ``auto`` resolved to mock because the server is not configured:
+        the case the wiring warns about once and the command line notes."""
+        return self.mode == "auto" and self._resolved_mode == "mock"
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> AuthSecSettings:
+        """A copy; with ``update``, a new configuration validated like any other.
+
+        pydantic's own ``model_copy(update=...)`` skips validation, which would
+        let a copy carry a value no constructor accepts, or the mode resolved
+        for the values it replaced.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(update)
+        try:
+            return type(self).model_validate(values)
+        except ValidationError as exc:
+            raise ConfigurationError(_explain(exc)) from None
 
     def api_token_value(self) -> str | None:
         """The raw API token, for the one place that sends it (the live transport)."""
         return None if self.api_token is None else self.api_token.get_secret_value()
 
 
-def _warn_auto_mock(settings: AuthSecSettings) -> None:
-    if _auto_mock_warned.is_set():
-        return
-    _auto_mock_warned.set()
-    missing = [
-        "AUTHSEC_BASE_URL" if settings.base_url is None else None,
-        "AUTHSEC_CLIENT_ID" if settings.client_id is None else None,
-    ]
-    names = [name for name in missing if name]
-    from .logging import get_logger
-
-    get_logger("authsec_crewai.settings").warning(
-        "settings.mode.auto_mock",
-        mode="mock",
-        missing=names,
-        message=(
-            f"{' and '.join(names)} not set: using MOCK mode with demo tokens and demo data. "
-            "Set them to reach the AuthSec server, or set AUTHSEC_MODE=mock to make this "
-            "choice explicit (and silence this warning)."
-        ),
-    )
+def _resolve(settings: AuthSecSettings) -> ResolvedMode:
+    mode = settings.mode
+    if mode == "auto":
+        return "live" if settings.base_url and settings.client_id else "mock"
+    # record records the live server when it is configured and the mock when
+    # nothing is; half a live configuration is a typo, never a quiet mock.
+    if mode == "live" or (
+        mode == "record" and (settings.base_url is not None or settings.client_id is not None)
+    ):
+        for name in ("base_url", "client_id"):
+            if getattr(settings, name) is None:
+                raise ConfigurationError(
+                    f"{env_var(name)} is not set; AUTHSEC_MODE={mode} needs "
+                    f"{env_var('base_url')} and {env_var('client_id')} "
+                    f"(or AUTHSEC_AGENT_CLIENT_ID). Set them, or use AUTHSEC_MODE=mock "
+                    "for local development"
+                )
+    if mode in ("record", "replay") and settings.cassette is None:
+        raise ConfigurationError(
+            f"{env_var('cassette')} is not set; AUTHSEC_MODE={mode} needs the path "
+            "of the cassette file to " + ("write" if mode == "record" else "read")
+        )
+    return mode
 
 
 def _explain(exc: ValidationError) -> str:
@@ -489,93 +444,19 @@ def _explain(exc: ValidationError) -> str:
     return "invalid AuthSec configuration:\n  " + "\n  ".join(lines)
 
 
-# --- factories ------------------------------------------------------------------------
+_MOVED_TO_WIRING = frozenset({"build_broker", "build_transport", "refresh_policy"})
 
 
-def build_transport(settings: AuthSecSettings) -> Transport:
-    """The transport for ``settings.resolved_mode``, importing only what that mode needs."""
-    mode = settings.resolved_mode
-    if mode == "mock":
-        from .transports.mock import MockTransport
-
-        return MockTransport()
-    if mode == "live":
-        return _live_transport(settings)
-    if importlib.util.find_spec(f"{__package__}.transports.replay") is None:
-        raise ConfigurationError(
-            f"AUTHSEC_MODE={mode} is not available yet in this version of authsec-crewai; "
-            "use live or mock"
+def __getattr__(name: str) -> Any:
+    """``build_broker``, ``build_transport`` and ``refresh_policy`` moved to
+    :mod:`authsec_crewai.wiring`; the old names still work, with a warning."""
+    if name in _MOVED_TO_WIRING:
+        warnings.warn(
+            f"authsec_crewai.settings.{name} moved to authsec_crewai.wiring.{name}",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    replay = importlib.import_module(f"{__package__}.transports.replay")
-    if mode == "record":
-        # The live server when configured, else the mock (resolved_mode refused half a
-        # live configuration). "all": AUTHSEC_MODE=record asks for a fresh recording;
-        # shared: every broker of this process (a crew builds one per tool) records
-        # into the one cassette instead of overwriting it on close.
-        if settings.base_url is not None and settings.client_id is not None:
-            inner = _live_transport(settings)
-        else:
-            from .transports.mock import MockTransport
+        from . import wiring
 
-            inner = MockTransport()
-        transport: Transport = replay.open_cassette_transport(
-            inner, settings.cassette, record_mode="all", shared=True
-        )
-        return transport
-    transport = replay.ReplayTransport(settings.cassette)
-    return transport
-
-
-def _live_transport(settings: AuthSecSettings) -> Transport:
-    from .transports.live import LiveTransport
-
-    assert settings.base_url is not None  # resolved_mode guarantees it
-    return LiveTransport(
-        settings.base_url,
-        api_token=settings.api_token_value(),
-        timeout=settings.timeout,
-        retry_budget=settings.retry_budget,
-    )
-
-
-def refresh_policy(settings: AuthSecSettings) -> RefreshPolicy:
-    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings."""
-    from .broker import RefreshPolicy
-
-    return RefreshPolicy(
-        advisory_fraction=settings.refresh_advisory_fraction,
-        advisory_max=settings.refresh_advisory_max,
-        mandatory_fraction=settings.refresh_mandatory_fraction,
-        mandatory_max=settings.refresh_mandatory_max,
-        jitter_fraction=settings.refresh_jitter_fraction,
-        failure_memory=settings.failure_memory,
-        backoff_initial=settings.backoff_initial,
-        backoff_max=settings.backoff_max,
-    )
-
-
-def build_broker(settings: AuthSecSettings, transport: Transport | None = None) -> TokenBroker:
-    """A broker wired from ``settings``; pass ``transport`` to override the mode's default.
-
-    The broker is not started: use it with ``async with``.
-    """
-    from .broker import TokenBroker
-
-    chosen = transport if transport is not None else build_transport(settings)
-    options: dict[str, Any] = {}
-    client_id = settings.client_id
-    if getattr(chosen, "mode", None) in ("record", "replay"):
-        # A cassette's tokens live on the cassette's time; a replay asks as the
-        # client the session was recorded with unless one is configured.
-        options["clock"] = chosen.clock  # type: ignore[attr-defined]
-        if client_id is None and chosen.mode == "replay":  # type: ignore[attr-defined]
-            client_id = getattr(chosen, "client_id", None)
-    return TokenBroker(
-        chosen,
-        client_id=client_id or settings.effective_client_id,
-        audience=tuple(settings.audience),
-        policy=refresh_policy(settings),
-        verify=settings.verify,
-        verify_leeway=settings.verify_leeway,
-        **options,
-    )
+        return getattr(wiring, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,8 +46,9 @@ from ._brokerthread import BrokerThread
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
 from .logging import get_logger
-from .settings import AuthSecSettings, build_broker, env_var, refresh_policy
+from .settings import AuthSecSettings, env_var
 from .sync import SyncTokenBroker
+from .wiring import build_broker, build_fetcher, client_id_for, refresh_policy
 
 if TYPE_CHECKING:
     from .fetch import FetchResult
@@ -205,7 +206,7 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
     return (
         settings.resolved_mode,
         settings.base_url,
-        settings.effective_client_id,
+        client_id_for(settings),
         None if api_token is None else hashlib.sha256(api_token.encode()).hexdigest(),
         tuple(settings.audience),
         settings.verify,
@@ -290,33 +291,39 @@ class _Binding:
         with self._lock:
             if self._runtime is None or self._fetcher is None or self._runtime.closed:
                 runtime = self._acquire()
-                self._fetcher = SecureFetcher(runtime.broker, self.settings)
+                self._fetcher = build_fetcher(runtime.broker, self.settings)
                 self._runtime = runtime
                 self._on_loop.clear()
             return self._runtime, self._fetcher
 
-    def fetcher_on_this_loop(self) -> SecureFetcher | None:
-        """A live-mode fetcher whose connection pool belongs to the calling event loop.
+    def fetcher_on_this_loop(self) -> SecureFetcher:
+        """A fetcher of the calling event loop, on the one shared broker.
 
         Async callers then reach the API without hopping to the broker's
         thread and back (two cross-thread wake-ups per call); tokens still
         come from the one shared broker, which serves callers on any loop.
-        Only for a live transport: other modes' API traffic must pass through
-        their own ``api()`` (the mock app, a recorder, a replay). Pools of
-        loops that have finished are dropped whenever a new loop arrives (a
-        weak mapping would not do: the pool's sockets keep their loop alive).
+        The path is the same in every mode; only the API transport differs,
+        as the broker's transport declares: a network API
+        (``info.network_api``) gets a connection pool of this loop, anything
+        else is the mode's own ``api()`` (the mock app, a recorder, a replay),
+        which serves any loop. Fetchers of loops that have finished are
+        dropped whenever a new loop arrives (a weak mapping would not do: a
+        pool's sockets keep their loop alive).
         """
         runtime, _ = self.get()
-        if getattr(runtime.broker.transport, "mode", None) != "live":
-            return None
         loop = anyio.lowlevel.current_token().native_token
         with self._lock:
             fetcher = self._on_loop.get(loop)
             if fetcher is None:
                 for finished in [known for known in self._on_loop if _loop_finished(known)]:
                     del self._on_loop[finished]
-                fetcher = SecureFetcher(
-                    runtime.broker, self.settings, api_transport=httpx.AsyncHTTPTransport()
+                transport = runtime.broker.transport
+                fetcher = build_fetcher(
+                    runtime.broker,
+                    self.settings,
+                    api_transport=httpx.AsyncHTTPTransport()
+                    if transport.info.network_api
+                    else transport.api(),
                 )
                 self._on_loop[loop] = fetcher
         return fetcher
@@ -333,7 +340,12 @@ class _Binding:
         if source is not None:
             transport = source
             return _shared_runtime(
-                ("transport", pid, id(transport), _settings_key(settings)[2:]),
+                (
+                    "transport",
+                    pid,
+                    id(transport),
+                    (client_id_for(settings, transport), *_settings_key(settings)[3:]),
+                ),
                 lambda: BrokerThread(build_broker(settings, transport), owns_broker=True),
             )
         return _shared_runtime(
@@ -378,9 +390,8 @@ class _SecureFetchTool(BaseTool):
         """
         if broker is not None and transport is not None:
             raise errors.ConfigurationError("pass broker= or transport=, not both")
+        # A broken configuration fails here, not mid-crew: settings validate at construction.
         resolved = settings if settings is not None else AuthSecSettings()
-        if broker is None and transport is None:
-            resolved.resolved_mode  # noqa: B018 - a broken configuration fails here, not mid-crew
         if not data.get("description"):
             data["description"] = describe_tool(resolved)
         data.setdefault("cache_function", cache_successes)
@@ -465,12 +476,8 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
     async def _arun(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch asynchronously; returns the result as JSON text, failures included."""
         try:
-            local = self._binding.fetcher_on_this_loop()
-            if local is not None:
-                result = await local.fetch(endpoint, scope, params=params)
-            else:
-                runtime, call = self._fetch_call(endpoint, scope, params)
-                result = await runtime.acall(call)
+            fetcher = self._binding.fetcher_on_this_loop()
+            result = await fetcher.fetch(endpoint, scope, params=params)
         except Exception as exc:
             return self._failure(exc)
         return render_result(result.to_dict())

@@ -1,7 +1,9 @@
-"""The AuthSec wire contract: one parser for the delegation-token answer and one
-mapping from HTTP statuses to typed errors.
+"""The AuthSec wire contract: its paths, one parser for the delegation-token
+answer and one mapping from HTTP statuses to typed errors.
 
-Every transport (live, mock, replay) turns what the server said into a
+The live transport asks these paths and the mock server serves them, so the two
+cannot drift apart on where the contract lives. Every transport (live, mock,
+replay) turns what the server said into a
 ``DelegationToken`` through :func:`parse_token_body`, so the modes cannot drift
 apart in how they read the contract.
 """
@@ -22,12 +24,25 @@ from .redact import scrub_secrets
 from .token import DelegationToken
 
 __all__ = [
+    "ADMIN_PREFIX",
+    "BUNDLE_PATH",
+    "JWKS_PATH",
     "MAX_TOKEN_CHARS",
+    "TOKEN_PATH",
     "decode_unverified",
     "error_for_status",
     "parse_rfc3339",
     "parse_token_body",
 ]
+
+TOKEN_PATH = "/authsec/uflow/sdk/delegation-token"  # noqa: S105 (a path, not a secret)
+"""``GET``: the agent's delegation token (authsec-api.md, section 1)."""
+BUNDLE_PATH = "/authsec/spiresvc/v1/jwt/bundle"
+"""``GET``: the tenant's JWK set that signs delegation tokens (section 3)."""
+JWKS_PATH = "/.well-known/jwks.json"
+"""A different key set that does NOT sign delegation tokens (section 3)."""
+ADMIN_PREFIX = "/authsec/uflow/admin/agents"
+"""``POST {prefix}/{client_id}/delegate-token`` and ``.../revoke-token`` (section 4)."""
 
 MAX_TOKEN_CHARS = 16_384
 """A delegation token is ~1 KB; anything far larger is refused unread."""

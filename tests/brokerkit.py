@@ -5,7 +5,10 @@ Imported by test modules directly; nothing here imports crewai.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
 
 import anyio
 import httpx
@@ -14,7 +17,7 @@ from joserfc.jwk import RSAKey
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
 from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports import KeySet, MockTransport
+from authsec_crewai.transports import KeySet, MockTransport, TransportInfo
 
 START = 1_800_000_000.0
 SIGNING_KEY = RSAKey.generate_key(2048, parameters={"kid": "default"}, private=True)
@@ -60,6 +63,10 @@ class HeldTransport:
         self.started = anyio.Event()
         self._release = anyio.Event()
 
+    @property
+    def info(self) -> TransportInfo:
+        return self.inner.info
+
     def release(self) -> None:
         self._release.set()
 
@@ -102,3 +109,32 @@ async def settle() -> None:
     """Let every ready task run (background refreshes finish on mock transports)."""
     for _ in range(50):
         await anyio.lowlevel.checkpoint()
+
+
+def run_threads(*targets: Callable[[], object]) -> None:
+    """Run each target on its own thread, all at once, and wait for every one."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def loops_calling(
+    call: Callable[[], Coroutine[Any, Any, object]],
+    *,
+    backends: tuple[str, ...] = ("asyncio", "trio"),
+    concurrent: int = 10,
+) -> list[Callable[[], object]]:
+    """Targets for :func:`run_threads`: each runs an event loop of one backend that
+    makes ``concurrent`` calls at once, all loops starting together."""
+    start = threading.Barrier(len(backends))
+
+    async def calls() -> None:
+        start.wait()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrent):
+                tg.start_soon(call)
+
+    return [partial(anyio.run, calls, backend=backend) for backend in backends]

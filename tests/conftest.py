@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from authsec_crewai import settings as settings_module
+from authsec_crewai import wiring
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -42,9 +42,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.upper().startswith("AUTHSEC_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    warned = getattr(settings_module, "_auto_mock_warned", None)
-    if warned is not None:
-        monkeypatch.setattr(settings_module, "_auto_mock_warned", type(warned)())
+    monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
 
 
 # --- a real AuthSec mock over a loopback socket (tests/_server.py) -------------------------

@@ -37,9 +37,10 @@ from authsec_crewai.fetch import (
     validate_endpoint,
 )
 from authsec_crewai.redact import fingerprint
-from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings, build_broker
+from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings
 from authsec_crewai.testing import TOKEN_PATH, Fault
-from authsec_crewai.transports import MockTransport
+from authsec_crewai.transports import MockTransport, TransportInfo
+from authsec_crewai.wiring import build_broker, build_fetcher
 
 RECORDS = "/secure-vault/records"
 
@@ -142,7 +143,7 @@ def live(server: MockServer, client_id: str, **values: Any) -> AuthSecSettings:
 @asynccontextmanager
 async def fetcher_for(settings: AuthSecSettings) -> AsyncIterator[SecureFetcher]:
     async with build_broker(settings) as broker:
-        yield SecureFetcher(broker, settings)
+        yield build_fetcher(broker, settings)
 
 
 def total(server: MockServer) -> int:
@@ -544,7 +545,7 @@ async def test_no_token_in_results_errors_or_logs_even_from_an_echoing_api() -> 
 @pytest.mark.anyio
 async def test_mock_mode_needs_no_api_origin() -> None:
     async with TokenBroker(MockTransport(), client_id=DEMO_CLIENT_ID) as broker:
-        fetcher = SecureFetcher(broker)
+        fetcher = build_fetcher(broker)
         result = await fetcher.fetch("secure-vault/metrics", "read:metrics")
     assert result.data["quarter"] == "2026-Q2"
     assert fetcher.api_base_url.endswith(".invalid")  # never resolvable
@@ -552,14 +553,16 @@ async def test_mock_mode_needs_no_api_origin() -> None:
 
 def test_live_mode_without_an_api_origin_is_a_configuration_error() -> None:
     class LiveLike(MockTransport):
-        mode = "live"
+        @property
+        def info(self) -> TransportInfo:
+            return TransportInfo(mode="live", network_api=True)
 
     broker = TokenBroker(LiveLike(), client_id=DEMO_CLIENT_ID)
     with pytest.raises(errors.ConfigurationError, match="AUTHSEC_API_BASE_URL"):
-        SecureFetcher(broker)
+        build_fetcher(broker)
     for bad in ("ftp://api.example", "https://user:pw@api.example", "https://api.example/?q=1"):
         with pytest.raises(errors.ConfigurationError, match="AUTHSEC_API_BASE_URL"):
-            SecureFetcher(broker, api_base_url=bad)
+            SecureFetcher(broker, api_transport=broker.transport.api(), api_base_url=bad)
 
 
 @pytest.mark.anyio

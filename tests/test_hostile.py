@@ -37,11 +37,12 @@ from authsec_crewai.cassettes.files import MAX_CASSETTE_BYTES
 from authsec_crewai.cli import main
 from authsec_crewai.fetch import SecureFetcher, error_result, render_result
 from authsec_crewai.logging import HTTP_LOGGERS, configure, install_http_log_filter
-from authsec_crewai.settings import AuthSecSettings, build_broker
+from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.testing import BUNDLE_PATH, TOKEN_PATH, DripServer, Fault
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.live import LiveTransport
 from authsec_crewai.transports.record import MAX_RECORDED_BODY_BYTES, RecordingTransport
+from authsec_crewai.wiring import build_broker, build_fetcher
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_env")]
 
@@ -68,7 +69,7 @@ def _live(server: MockServer, client_id: str, **values: Any) -> AuthSecSettings:
 @asynccontextmanager
 async def _fetcher(settings: AuthSecSettings) -> AsyncIterator[SecureFetcher]:
     async with build_broker(settings) as broker:
-        yield SecureFetcher(broker, settings)
+        yield build_fetcher(broker, settings)
 
 
 # --- 1. time: a dripping server is timed out --------------------------------------------------
@@ -375,7 +376,9 @@ async def test_a_compression_bomb_is_not_recorded_and_stays_under_the_recorders_
 ) -> None:
     recording = RecordingTransport(_transport(authsec_server.url), tmp_path / "bomb.json")
     async with TokenBroker(recording, client_id=client_id) as broker:
-        fetcher = SecureFetcher(broker, api_base_url=authsec_server.url)
+        fetcher = SecureFetcher(
+            broker, api_base_url=authsec_server.url, api_transport=recording.api()
+        )
         await fetcher.fetch("secure-vault/records", "read:records")
         authsec_server.faults.add(Fault.bomb(256 * 1024 * 1024), path=RECORDS)
         peak, error = await _peak_memory_of(fetcher.fetch("secure-vault/records", "read:records"))
@@ -499,7 +502,9 @@ async def test_a_recorded_echo_with_json_escapes_keeps_no_signature(
     authsec_server.faults.add(Fault.echoing('{"you sent": "{bearer}"}', escaped=True), path=RECORDS)
     recording = RecordingTransport(_transport(authsec_server.url), path)
     async with TokenBroker(recording, client_id=client_id) as broker:
-        fetcher = SecureFetcher(broker, api_base_url=authsec_server.url)
+        fetcher = SecureFetcher(
+            broker, api_base_url=authsec_server.url, api_transport=recording.api()
+        )
         await fetcher.fetch("secure-vault/records", "read:records")
         token = await broker.token(["read:records"])
     text = path.read_text(encoding="utf-8")

@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from brokerkit import loops_calling, run_threads
 from cassettekit import API_TOKEN, problems_in, scan_written_cassettes  # noqa: F401
 from click.testing import CliRunner
 from joserfc.jwk import RSAKey
@@ -26,10 +27,11 @@ from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.cassettes import load
 from authsec_crewai.cli import main
-from authsec_crewai.settings import AuthSecSettings, build_broker, build_transport
+from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.testing import (
     LoopbackServer,
     MockAuthority,
+    MockFaults,
     NetworkBlockedError,
     block_network,
     create_app,
@@ -45,6 +47,7 @@ from authsec_crewai.transports import (
     open_cassette_transport,
 )
 from authsec_crewai.verify import TokenVerifier
+from authsec_crewai.wiring import build_broker, build_fetcher, build_transport
 
 HOUR = 3600.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,14 +183,13 @@ async def test_replayed_tokens_need_the_cassette_clock_and_claims_only_verificat
 async def test_secure_fetcher_results_replay_identically(
     tmp_path: Path, stale_authority: MockAuthority, client_id: str
 ) -> None:
-    from authsec_crewai import fetch
 
     path = tmp_path / "fetcher.json"
 
     async def session(transport: Any, url: str) -> list[dict[str, Any]]:
         settings = AuthSecSettings(api_base_url=url, _env_file=None)
         async with TokenBroker(transport, client_id=client_id, clock=transport.clock) as broker:
-            fetcher = fetch.SecureFetcher(broker, settings)
+            fetcher = build_fetcher(broker, settings)
             results = []
             for endpoint, scope in [
                 ("secure-vault/records", "read:records"),
@@ -632,7 +634,7 @@ def test_authsec_crewai_record_runs_a_command_and_replay_reproduces_it(tmp_path:
     script.write_text(
         "import anyio\n"
         "from authsec_crewai import AuthSecSettings\n"
-        "from authsec_crewai.settings import build_broker\n"
+        "from authsec_crewai.wiring import build_broker\n"
         "async def main():\n"
         "    async with build_broker(AuthSecSettings()) as broker:\n"
         "        print((await broker.token('read:records')).jti)\n"
@@ -666,3 +668,52 @@ def test_authsec_crewai_record_passes_the_exit_status_on(tmp_path: Path) -> None
     missing = CliRunner().invoke(main, ["record", "-o", str(out), "--", "no-such-command-xyz"])
     assert missing.exit_code == 2
     assert "\nerror: cannot run 'no-such-command-xyz'" in missing.output
+
+
+# --- the async tool: the production path in record and replay ---------------------------------
+
+
+def _tool_calls_on_many_loops(tool: Any) -> list[Any]:
+    """Async calls on an asyncio and a trio loop at once, and sync calls from threads:
+    what an application with several loops and CrewAI's worker threads does."""
+    results: list[Any] = []
+
+    async def one() -> None:
+        for _ in range(3):  # reuse the loop's connections while the other loop uses its own
+            results.append(json.loads(await tool._arun("secure-vault/records", "read:records")))
+
+    def sync_call() -> None:
+        results.append(json.loads(tool._run("secure-vault/records", "read:records")))
+
+    run_threads(*loops_calling(one), *[sync_call] * 3)
+    return results
+
+
+def test_async_tools_record_a_live_server_and_replay_it_from_any_loop(
+    tmp_path: Path, rsa_key: RSAKey, client_id: str
+) -> None:
+    """Recording a live server from several loops at once: each loop reaches the
+    server over a pool of its own (a socket pool belongs to one loop). Replaying
+    runs the same async path offline, with the network blocked."""
+    from authsec_crewai.tools import AsyncAuthSecSecureFetchTool, close_shared_brokers
+
+    path = tmp_path / "tools.json"
+    authority = MockAuthority(key=rsa_key)
+    authority.delegate(client_id)
+    with LoopbackServer(create_app(authority, faults=MockFaults(latency=0.02))) as server:
+        settings = AuthSecSettings(
+            mode="record", base_url=server.url, client_id=client_id, cassette=path
+        )
+        recorded = _tool_calls_on_many_loops(AsyncAuthSecSecureFetchTool(settings=settings))
+        close_shared_brokers()  # writes the cassette
+        counts = dict(cast(Any, server.app).state.counts)
+    assert [r["status"] for r in recorded] == ["ok"] * 63, recorded
+    assert counts["/secure-vault/records"] == 63
+    assert len([i for i in load(path).interactions if i["kind"] == "api"]) == 63
+
+    replay = AuthSecSettings(mode="replay", cassette=path, client_id=client_id)
+    with block_network("replaying") as attempts:
+        replayed = _tool_calls_on_many_loops(AsyncAuthSecSecureFetchTool(settings=replay))
+        close_shared_brokers()
+    assert attempts == []
+    assert replayed == recorded

@@ -1,14 +1,9 @@
-"""AuthSecSettings: reading, validation, mode resolution and the factories."""
+"""AuthSecSettings: reading, validation and mode resolution (building: test_wiring.py)."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import re
-import subprocess
-import sys
-import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,15 +12,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from authsec_crewai import errors
-from authsec_crewai.settings import (
-    DEMO_CLIENT_ID,
-    AuthSecSettings,
-    build_broker,
-    build_transport,
-    env_var,
-    refresh_policy,
-)
+from authsec_crewai import errors, wiring
+from authsec_crewai.settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = "0b4c1a7e-1d1a-4f3e-9a51-2f7c7c7d6a10"
@@ -417,14 +405,18 @@ def test_auto_is_live_when_configured() -> None:
         ({"client_id": CLIENT}, ["AUTHSEC_BASE_URL"]),
     ],
 )
-def test_auto_falls_back_to_mock_with_one_warning(
+def test_auto_falls_back_to_mock_and_the_wiring_warns_once(
     values: dict[str, Any], missing: list[str]
 ) -> None:
-    s = make(**values)
     with capture_logs() as logs:
-        assert s.resolved_mode == "mock"
+        s = make(**values)
+        assert s.resolved_mode == "mock" and s.auto_chose_mock
         assert s.resolved_mode == "mock"
         assert make(**values).resolved_mode == "mock"
+    assert logs == []  # resolving says nothing; building a mock from "auto" does
+    with capture_logs() as logs:
+        wiring.build_transport(s)
+        wiring.build_transport(make(**values))
     assert len(logs) == 1, logs
     (entry,) = logs
     assert entry["log_level"] == "warning"
@@ -437,7 +429,9 @@ def test_auto_falls_back_to_mock_with_one_warning(
 
 def test_explicit_mock_does_not_warn() -> None:
     with capture_logs() as logs:
-        assert make(mode="mock").resolved_mode == "mock"
+        s = make(mode="mock")
+        assert s.resolved_mode == "mock" and not s.auto_chose_mock
+        wiring.build_transport(s)
     assert logs == []
 
 
@@ -453,181 +447,40 @@ def test_explicit_mock_does_not_warn() -> None:
 def test_live_with_missing_values_is_an_error_never_mock(
     values: dict[str, Any], variable: str, mode: str
 ) -> None:
-    s = make(mode=mode, cassette="session.json", **values)
     if mode == "record" and not values:
         # With nothing configured, record records the mock (see tests/test_replay.py);
         # only half a live configuration is an error.
-        assert s.resolved_mode == "record"
+        assert make(mode=mode, cassette="session.json").resolved_mode == "record"
         return
     with pytest.raises(errors.ConfigurationError, match=rf"^{variable} is not set"):
-        _ = s.resolved_mode
-    with pytest.raises(errors.ConfigurationError, match=variable):
-        build_transport(s)
+        make(mode=mode, cassette="session.json", **values)
 
 
 @pytest.mark.parametrize("mode", ["record", "replay"])
 def test_record_and_replay_need_a_cassette(mode: str) -> None:
-    s = make(mode=mode, base_url="https://authsec.example.com", client_id=CLIENT)
     with pytest.raises(errors.ConfigurationError, match=r"^AUTHSEC_CASSETTE is not set"):
-        _ = s.resolved_mode
+        make(mode=mode, base_url="https://authsec.example.com", client_id=CLIENT)
 
 
-def test_effective_client_id() -> None:
-    assert make(mode="mock").effective_client_id == DEMO_CLIENT_ID
-    assert make(mode="mock", client_id=CLIENT).effective_client_id == CLIENT
-    assert make(mode="replay", cassette="c.json").effective_client_id == DEMO_CLIENT_ID
-    uuid.UUID(DEMO_CLIENT_ID)  # the demo id is itself a valid client id
+def test_the_mode_is_resolved_once_and_copies_are_validated_again() -> None:
+    s = make(base_url="https://authsec.example.com", client_id=CLIENT)
+    assert s.resolved_mode == "live"
+    assert s.model_copy().resolved_mode == "live"
+    assert s.model_copy(update={"mode": "mock"}).resolved_mode == "mock"
+    with pytest.raises(errors.ConfigurationError, match=r"^AUTHSEC_CASSETTE is not set"):
+        s.model_copy(update={"mode": "replay"})
+    with pytest.raises(errors.ConfigurationError, match="AUTHSEC_TIMEOUT"):
+        s.model_copy(update={"timeout": -1})
+    with pytest.raises(errors.ConfigurationError, match=r"^AUTHSEC_BASE_URL is not set"):
+        s.model_copy(update={"mode": "live", "base_url": None})
 
 
-# --- factories -------------------------------------------------------------------------
-
-
-def test_build_transport_mock() -> None:
-    from authsec_crewai.transports.mock import MockTransport
-
-    assert isinstance(build_transport(make(mode="mock")), MockTransport)
-
-
-def test_build_transport_live_passes_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import authsec_crewai.transports.live as live
-
-    seen: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, base_url: str, **kwargs: Any) -> None:
-            seen.update(kwargs, base_url=base_url)
-
-    monkeypatch.setattr(live, "LiveTransport", Recorder)
-    s = make(
-        base_url="https://authsec.example.com/",
-        client_id=CLIENT,
-        api_token="api-token-value",
-        timeout=4,
-        retry_budget=12,
-    )
-    assert isinstance(build_transport(s), Recorder)
-    assert seen == {
-        "base_url": "https://authsec.example.com",
-        "api_token": "api-token-value",
-        "timeout": 4.0,
-        "retry_budget": 12.0,
-    }
-
-
-def test_build_transport_live_builds_the_real_transport() -> None:
-    from authsec_crewai.transports.live import LiveTransport
-
-    transport = build_transport(make(base_url="https://authsec.example.com", client_id=CLIENT))
-    assert isinstance(transport, LiveTransport)
-
-
-@pytest.mark.parametrize("mode", ["record", "replay"])
-def test_record_and_replay_say_not_available_until_the_module_exists(
-    monkeypatch: pytest.MonkeyPatch, mode: str
-) -> None:
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, package: str | None = None) -> Any:
-        if name == "authsec_crewai.transports.replay":
-            return None
-        return real_find_spec(name, package)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    s = make(mode=mode, base_url="https://authsec.example.com", client_id=CLIENT, cassette="c.json")
-    with pytest.raises(errors.ConfigurationError, match="not available yet"):
-        build_transport(s)
-
-
-def test_record_and_replay_light_up_when_the_module_exists(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    name = "authsec_crewai.transports.replay"
-    fake = types.ModuleType(name)
-    fake.__spec__ = importlib.machinery.ModuleSpec(name, None)
-
-    class RecordingTransport:
-        def __init__(self, inner: Any, cassette: Path, **options: Any) -> None:
-            self.inner, self.cassette = inner, cassette
-
-    def open_cassette_transport(inner: Any, cassette: Path, **options: Any) -> RecordingTransport:
-        return RecordingTransport(inner, cassette, **options)
-
-    class ReplayTransport:
-        def __init__(self, cassette: Path) -> None:
-            self.cassette = cassette
-
-    fake.open_cassette_transport = open_cassette_transport  # type: ignore[attr-defined]
-    fake.ReplayTransport = ReplayTransport  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, name, fake)
-    base = {"base_url": "https://authsec.example.com", "client_id": CLIENT, "cassette": "c.json"}
-    recording = build_transport(make(mode="record", **base))
-    assert isinstance(recording, RecordingTransport)
-    assert recording.cassette == Path("c.json")
-    assert type(recording.inner).__name__ == "LiveTransport"
-    replaying = build_transport(make(mode="replay", cassette="c.json"))
-    assert isinstance(replaying, ReplayTransport)
-
-
-def test_refresh_policy_carries_every_number() -> None:
-    s = make(
-        refresh_advisory_fraction=0.3,
-        refresh_advisory_max=600,
-        refresh_mandatory_fraction=0.1,
-        refresh_mandatory_max=120,
-        refresh_jitter_fraction=0.5,
-        failure_memory=2,
-        backoff_initial=0.5,
-        backoff_max=30,
-    )
-    policy = refresh_policy(s)
-    assert (policy.advisory_fraction, policy.advisory_max) == (0.3, 600)
-    assert (policy.mandatory_fraction, policy.mandatory_max) == (0.1, 120)
-    assert policy.jitter_fraction == 0.5
-    assert (policy.failure_memory, policy.backoff_initial, policy.backoff_max) == (2, 0.5, 30)
-
-
-def test_build_broker_passes_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import authsec_crewai.broker as broker_module
-
-    seen: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, transport: Any, **kwargs: Any) -> None:
-            seen.update(kwargs, transport=transport)
-
-    monkeypatch.setattr(broker_module, "TokenBroker", Recorder)
-    transport = object()
-    s = make(mode="mock", audience=["authsec-api"], verify=False, verify_leeway=5)
-    build_broker(s, transport)  # type: ignore[arg-type]
-    assert seen["transport"] is transport
-    assert seen["client_id"] == DEMO_CLIENT_ID
-    assert tuple(seen["audience"]) == ("authsec-api",)
-    assert seen["verify"] is False and seen["verify_leeway"] == 5
-    assert seen["policy"] == refresh_policy(s)
-
-
-@pytest.mark.anyio
-async def test_build_broker_mock_end_to_end() -> None:
-    async with build_broker(make(mode="mock")) as broker:
-        token = await broker.token("read:records")
-    assert token.client_id == DEMO_CLIENT_ID
-    assert "read:records" in token.permissions
+def test_the_demo_client_id_is_a_valid_client_id() -> None:
+    uuid.UUID(DEMO_CLIENT_ID)
+    assert make(mode="mock", client_id=DEMO_CLIENT_ID).client_id == DEMO_CLIENT_ID
 
 
 # --- packaging ---------------------------------------------------------------------------
-
-
-def test_importing_settings_stays_light() -> None:
-    code = (
-        "import sys, authsec_crewai.settings\n"
-        "heavy = [m for m in ('crewai', 'httpx', 'authsec_crewai.broker', "
-        "'authsec_crewai.transports.live') if m in sys.modules]\n"
-        "print(heavy)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout
-    assert out.strip() == "[]"
 
 
 def test_settings_reference_documents_every_variable() -> None:

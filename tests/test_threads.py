@@ -7,28 +7,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 
 import anyio
 import pytest
-from brokerkit import mock
+from brokerkit import mock, run_threads
 
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.sync import SyncTokenBroker
 from authsec_crewai.token import DelegationToken
-
-
-def run_threads(*targets: Callable[[], object]) -> None:
-    """Run each target on its own thread, all at once, and wait for every one."""
-    threads = [threading.Thread(target=target) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

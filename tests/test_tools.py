@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -398,12 +398,40 @@ def test_live_async_calls_use_their_own_loops_pool_and_one_broker(
     assert statuses == ["ok"] * 201
 
 
-@pytest.mark.anyio
-async def test_mock_mode_async_calls_keep_to_the_mock_api() -> None:
-    tool = AsyncAuthSecSecureFetchTool(settings=mock_settings())
-    assert tool._binding.fetcher_on_this_loop() is None  # API traffic stays in process
-    result = parsed(await tool._arun("secure-vault/records", "read:records"))
-    assert result["status"] == "ok"
+def test_mock_mode_async_calls_take_the_live_path_and_keep_to_the_mock_api() -> None:
+    """Mock mode runs the code live mode runs: each loop calls through a fetcher of its
+    own on the one shared broker, with no hop to the broker's thread. Only the API
+    transport differs, as the transport declares: the mock app, in process."""
+    transport = MockTransport(latency=0.2)  # the token fetch overlaps every caller
+    tool = AsyncAuthSecSecureFetchTool(settings=mock_settings(), transport=transport)
+    broker_thread = tool._binding.get()[0]
+    statuses: list[str] = []
+    threads_seen: set[int] = set()
+    fetchers: set[int] = set()
+
+    async def calls() -> None:
+        fetchers.add(id(tool._binding.fetcher_on_this_loop()))
+        async with anyio.create_task_group() as tg:
+            for _ in range(25):
+                tg.start_soon(one)
+
+    async def one() -> None:
+        statuses.append(parsed(await tool._arun("secure-vault/records", "read:records"))["status"])
+        threads_seen.add(threading.get_ident())
+
+    threads = [
+        threading.Thread(target=anyio.run, args=(calls,), kwargs={"backend": backend})
+        for backend in ("asyncio", "trio")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == ["ok"] * 50
+    assert len(fetchers) == 2  # one per loop
+    assert threads_seen == {thread.ident for thread in threads}  # never the broker's thread
+    assert broker_thread.broker.stats.fetches == transport.calls == 1
+    assert cast(Any, transport.api()).app.state.counts[RECORDS] == 50
 
 
 @pytest.mark.anyio

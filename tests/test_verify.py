@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 from authsec_crewai import errors
 from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
-from authsec_crewai.transports import KeySet, MockTransport
+from authsec_crewai.transports import KeySet, MockTransport, TransportInfo
 from authsec_crewai.verify import (
     TokenVerifier,
     check_time_claims,
@@ -44,6 +44,8 @@ AUDIENCE = ("authsec-api",)
 
 class KeySource:
     """The key-set half of the Transport protocol, with a call counter."""
+
+    info = TransportInfo(mode="keys")
 
     def __init__(self, key_set: KeySet | None) -> None:
         self.key_set = key_set

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import errors
 from ..verify import verify_bearer
+from ..wire import ADMIN_PREFIX, BUNDLE_PATH, JWKS_PATH, TOKEN_PATH
 from .authority import MockAuthority
 
 __all__ = [
@@ -48,10 +49,6 @@ __all__ = [
     "create_app",
 ]
 
-TOKEN_PATH = "/authsec/uflow/sdk/delegation-token"  # noqa: S105 (a path, not a secret)
-BUNDLE_PATH = "/authsec/spiresvc/v1/jwt/bundle"
-JWKS_PATH = "/.well-known/jwks.json"
-ADMIN_PREFIX = "/authsec/uflow/admin/agents"
 CONTROL_PREFIX = "/_mock"
 MAX_ADMIN_BODY = 64 * 1024
 

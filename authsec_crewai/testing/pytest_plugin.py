@@ -256,18 +256,9 @@ def authsec_settings() -> AuthSecSettings:
 def authsec_inner_transport(authsec_settings: AuthSecSettings) -> Transport:
     """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and the client
     id are set, else the mock. Only built when the test records."""
-    if authsec_settings.base_url is not None and authsec_settings.client_id is not None:
-        from ..transports.live import LiveTransport
+    from ..wiring import recording_source
 
-        return LiveTransport(
-            authsec_settings.base_url,
-            api_token=authsec_settings.api_token_value(),
-            timeout=authsec_settings.timeout,
-            retry_budget=authsec_settings.retry_budget,
-        )
-    from ..transports.mock import MockTransport
-
-    return MockTransport()
+    return recording_source(authsec_settings)
 
 
 @pytest.fixture
@@ -344,19 +335,9 @@ def authsec_broker(
 ) -> TokenBroker:
     """A ``TokenBroker`` on the test's transport and the cassette's clock, not yet started:
     ``async with authsec_broker as broker: ...`` (closing it writes the cassette)."""
-    from ..broker import TokenBroker
-    from ..settings import DEMO_CLIENT_ID, refresh_policy
+    from ..wiring import build_broker
 
-    client_id = authsec_settings.client_id or authsec_transport.info.client_id or DEMO_CLIENT_ID
-    return TokenBroker(
-        authsec_transport,
-        client_id=client_id,
-        audience=tuple(authsec_settings.audience),
-        policy=refresh_policy(authsec_settings),
-        verify=authsec_settings.verify,
-        verify_leeway=authsec_settings.verify_leeway,
-        clock=authsec_transport.clock,
-    )
+    return build_broker(authsec_settings, authsec_transport)
 
 
 @pytest.fixture
@@ -368,26 +349,10 @@ def authsec_tool(
 
     Its shared broker is closed at teardown, which writes the cassette.
     """
-    from ..fetch import MOCK_API_ORIGIN
-    from ..settings import DEMO_CLIENT_ID
     from ..tools import AuthSecSecureFetchTool, close_shared_brokers
 
-    settings = authsec_settings
-    # The same client id as authsec_broker's. And replay does not match hosts, but
-    # the path prefix must be the recorded one; a recording of the mock has no
-    # origin of its own.
-    recorded_client = authsec_transport.info.client_id
-    recorded_api = authsec_transport.info.api_base_url
-    update: dict[str, Any] = {
-        "client_id": settings.client_id or recorded_client or DEMO_CLIENT_ID,
-        "api_base_url": settings.api_base_url or recorded_api or MOCK_API_ORIGIN,
-    }
-    if settings.mode == "auto":
-        # The transport is given, so the mode decides nothing here; spelling out what
-        # "auto" means keeps its mock-mode warning out of every replayed test.
-        update["mode"] = "live" if settings.base_url and settings.client_id else "mock"
-    settings = settings.model_copy(update=update)
-    tool = AuthSecSecureFetchTool(settings=settings, transport=authsec_transport)
+    # The wiring asks as the recorded agent and names the recorded API origin.
+    tool = AuthSecSecureFetchTool(settings=authsec_settings, transport=authsec_transport)
     try:
         yield tool
     finally:

@@ -3,6 +3,27 @@
 Deliberately tiny (like httpx's ``AsyncBaseTransport``): policy such as caching,
 single flight and refresh timing lives in the broker, so a transport only has
 to answer one question at a time.
+
+A transport also declares what it is, in :class:`TransportInfo`. The broker,
+the fetcher, the tools, the recorder and the wiring read that and nothing
+else: they never guess at attributes or branch on a class or a mode name. A
+transport written against this module alone therefore works everywhere the
+built-in ones do. To write one:
+
+- ``info`` returns the same facts every time it is read (build it once);
+- ``fetch_token`` makes one request to the token source and raises a
+  :class:`~authsec_crewai.errors.TokenError` subclass on failure (the broker
+  owns retries of a refresh, caching and single flight); pass the answer
+  through :func:`authsec_crewai.wire.parse_token_body` when it has the
+  server's shape;
+- ``fetch_key_set`` returns the JWK set that signs its tokens, or None when
+  there is none to check against (the verifier then says so);
+- ``api`` returns the httpx transport that protected-API calls go through.
+  When ``info.network_api`` is false it must serve callers on any event loop
+  (it is in process: an app, a cassette); when true, it is a socket pool used
+  only on the loop that owns the transport, and callers on other loops open
+  pools of their own;
+- ``aclose`` releases what it opened; it may be called once.
 """
 
 from __future__ import annotations
@@ -36,14 +57,17 @@ class TransportInfo:
     """True when the tokens' signatures cannot be checked (a replay: recorded
     signatures are redacted). The broker then verifies claims only, and says so."""
     network_api: bool = False
-    """True when :meth:`Transport.api` only opens sockets to the real protected API,
-    so a caller may use its own connection pool on its own event loop instead."""
+    """True when :meth:`Transport.api` only opens sockets to the real protected API:
+    a caller on another event loop then opens a pool of its own on its loop instead,
+    and a fetcher without a configured API origin refuses to guess one. False: the
+    API is in process (a mock app, a cassette) and ``api()`` serves any event loop."""
     base_url: str | None = None
     """The token server's origin, without credentials (for messages and cassettes)."""
     api_base_url: str | None = None
     """The protected-API origin this transport knows (a replay's recorded one)."""
     client_id: str | None = None
-    """The agent this transport was recorded with, if it knows one."""
+    """The agent this transport speaks for (a replay's recorded one), if it knows one;
+    the wiring asks as it when no client id is configured."""
     clock: Callable[[], float] | None = None
     """The time its tokens live in (a replay's recording time), or None for wall time."""
     secrets: tuple[str, ...] = ()
@@ -63,7 +87,8 @@ class TransportInfo:
 class Transport(Protocol):
     """Gets delegation tokens and the keys that verify them; carries API calls.
 
-    ``info`` declares what the rest of the library needs to know about it.
+    ``info`` declares what the rest of the library needs to know about it; the
+    module docstring says what each member must do.
     """
 
     @property

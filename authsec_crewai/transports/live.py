@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -30,18 +30,18 @@ from tenacity import (
     stop_before_delay,
 )
 
-from .. import __version__, errors
+from .. import errors
 from .._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
+from .._urls import check_base_url
+from .._version import __version__
 from ..logging import get_logger
 from ..redact import scrub_secrets
 from ..token import DelegationToken, TokenRequest
-from ..wire import error_for_status, parse_token_body
+from ..wire import BUNDLE_PATH, TOKEN_PATH, error_for_status, parse_token_body
 from .base import KeySet, TransportInfo
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "LiveTransport", "parse_retry_after"]
 
-TOKEN_PATH = "/authsec/uflow/sdk/delegation-token"  # noqa: S105 (a path, not a secret)
-BUNDLE_PATH = "/authsec/spiresvc/v1/jwt/bundle"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 """A token answer is ~2 KB and a key bundle ~1 KB; far more is refused unread."""
 _MAX_ERROR_BODY_BYTES = 16 * 1024
@@ -81,27 +81,11 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 
 
 def _check_base_url(base_url: str) -> str:
-    """The base URL without a trailing slash, or a ConfigurationError saying why not.
-
-    Credentials in the URL would end up in logs and error messages, and a
-    query or fragment would corrupt every path joined onto it.
-    """
+    """The base URL by the library's one URL rule, or a ConfigurationError naming the variable."""
     try:
-        parts = urlsplit(base_url.strip())
-        _ = parts.port  # raises ValueError for a malformed port
+        return check_base_url(base_url)
     except ValueError as exc:
-        raise errors.ConfigurationError(f"AUTHSEC_BASE_URL is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.ConfigurationError(
-            "AUTHSEC_BASE_URL must be an http(s) URL with a host, e.g. https://authsec.example.com"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise errors.ConfigurationError(
-            "AUTHSEC_BASE_URL must not contain credentials; set AUTHSEC_API_TOKEN instead"
-        )
-    if parts.query or parts.fragment:
-        raise errors.ConfigurationError("AUTHSEC_BASE_URL must not have a query or fragment")
-    return base_url.strip().rstrip("/")
+        raise errors.ConfigurationError(f"AUTHSEC_BASE_URL {exc}") from None
 
 
 def _worth_retrying(exc: BaseException) -> bool:
@@ -153,9 +137,6 @@ class LiveTransport:
 
     A ``client`` passed in is used as is and not closed by :meth:`aclose`.
     """
-
-    mode: ClassVar[str] = "live"
-    """How the broker names this transport in its logs."""
 
     def __init__(
         self,

@@ -52,8 +52,6 @@ class MockTransport:
     is how tests prove single flight.
     """
 
-    mode = "mock"
-
     def __init__(
         self,
         *,

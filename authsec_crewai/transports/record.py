@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
+import anyio.lowlevel
 import httpx
 
 from .. import cassettes as fmt
@@ -234,6 +235,8 @@ class RecordingTransport:
         self._scrubber = Scrubber(placeholders, [*secrets, *inner_info.secrets])
         self._api_player: fmt.Player | None = None
         self._inner_api: httpx.AsyncBaseTransport | None = None
+        self._loop_pools: dict[object, httpx.AsyncBaseTransport] = {}
+        self._loop_pools_lock = threading.Lock()
         self._api: httpx.AsyncBaseTransport | None = None
         self._closed = False
         self._inner_closed = False
@@ -352,11 +355,10 @@ class RecordingTransport:
         with session.lock:
             if origin:
                 session.api_origins.add(origin)
-        if self._inner_api is None:
-            self._inner_api = self.inner.api()
+        inner_api = self._inner_api_here()
         offset = session.offset()
         try:
-            response = await self._inner_api.handle_async_request(request)
+            response = await inner_api.handle_async_request(request)
         except httpx.TransportError as exc:
             self._keep(
                 {
@@ -466,10 +468,35 @@ class RecordingTransport:
             self._closed = True
             _release_session(self._session)
 
+    def _inner_api_here(self) -> httpx.AsyncBaseTransport:
+        """The inner transport's API, usable on the calling event loop.
+
+        This transport's ``api()`` is in process, so callers on any loop use it
+        (see ``TransportInfo.network_api``). An in-process inner API serves any
+        loop too; a network one is a socket pool that belongs to one loop, so
+        each loop records through a pool of its own.
+        """
+        if not self.inner.info.network_api:
+            if self._inner_api is None:
+                self._inner_api = self.inner.api()
+            return self._inner_api
+        loop = anyio.lowlevel.current_token().native_token
+        with self._loop_pools_lock:
+            pool = self._loop_pools.get(loop)
+            if pool is None:
+                pool = self._loop_pools[loop] = httpx.AsyncHTTPTransport()
+        return pool
+
     async def aclose(self) -> None:
         try:
             self.close()
         finally:
+            # This loop's pool is closed; other loops' pools are only dropped (their
+            # sockets belong to those loops, most likely finished by now).
+            pools, self._loop_pools = self._loop_pools, {}
+            here = pools.get(anyio.lowlevel.current_token().native_token)
+            if here is not None:
+                await here.aclose()
             if not self._inner_closed:
                 self._inner_closed = True
                 await self.inner.aclose()

@@ -1,0 +1,199 @@
+"""Settings -> transport, broker, fetcher: the one place objects are built from configuration.
+
+:class:`~authsec_crewai.settings.AuthSecSettings` holds and validates the
+configuration; this module turns it into working objects. The tools, the
+command line and the pytest plugin all build through here, so a rule such as
+"which client id do we ask as" or "which transport does ``record`` record"
+exists once.
+
+What a transport is, this module learns from its declared
+:class:`~authsec_crewai.transports.TransportInfo`, never from its class or a
+mode string, so a third-party transport is wired like the built-in ones.
+
+Importing this module is cheap: transports and the broker are imported inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .errors import ConfigurationError
+from .settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .broker import RefreshPolicy, TokenBroker
+    from .fetch import SecureFetcher
+    from .transports.base import Transport
+
+__all__ = [
+    "build_broker",
+    "build_fetcher",
+    "build_transport",
+    "client_id_for",
+    "recording_source",
+    "refresh_policy",
+]
+
+_auto_mock_warned = threading.Event()
+"""Set once the auto -> mock warning was logged: it is said once per process,
+not once per tool or broker (a crew builds many)."""
+
+
+def build_transport(settings: AuthSecSettings) -> Transport:
+    """The transport for ``settings.resolved_mode``, importing only what that mode needs.
+
+    Building a mock because ``AUTHSEC_MODE=auto`` found no server logs one
+    warning per process: the choice is then visible, and said where it takes
+    effect rather than wherever the settings happen to be read.
+    """
+    mode = settings.resolved_mode
+    if mode == "mock":
+        from .transports.mock import MockTransport
+
+        _warn_if_auto_mock(settings)
+        return MockTransport()
+    if mode == "live":
+        return _live_transport(settings)
+    if importlib.util.find_spec(f"{__package__}.transports.replay") is None:
+        raise ConfigurationError(
+            f"AUTHSEC_MODE={mode} is not available yet in this version of authsec-crewai; "
+            "use live or mock"
+        )
+    replay = importlib.import_module(f"{__package__}.transports.replay")
+    if mode == "record":
+        # "all": AUTHSEC_MODE=record asks for a fresh recording; shared: every broker
+        # of this process (a crew builds one per tool) records into the one cassette
+        # instead of overwriting it on close.
+        transport: Transport = replay.open_cassette_transport(
+            recording_source(settings), settings.cassette, record_mode="all", shared=True
+        )
+        return transport
+    transport = replay.ReplayTransport(settings.cassette)
+    return transport
+
+
+def recording_source(settings: AuthSecSettings) -> Transport:
+    """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and the client
+    id are set, else the mock (settings refuse half a live configuration in ``record``)."""
+    if settings.base_url is not None and settings.client_id is not None:
+        return _live_transport(settings)
+    from .transports.mock import MockTransport
+
+    return MockTransport()
+
+
+def _live_transport(settings: AuthSecSettings) -> Transport:
+    from .transports.live import LiveTransport
+
+    if settings.base_url is None:  # pragma: no cover - the settings refused this already
+        raise ConfigurationError(f"{env_var('base_url')} is not set")
+    return LiveTransport(
+        settings.base_url,
+        api_token=settings.api_token_value(),
+        timeout=settings.timeout,
+        retry_budget=settings.retry_budget,
+    )
+
+
+def refresh_policy(settings: AuthSecSettings) -> RefreshPolicy:
+    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings."""
+    from .broker import RefreshPolicy
+
+    return RefreshPolicy(
+        advisory_fraction=settings.refresh_advisory_fraction,
+        advisory_max=settings.refresh_advisory_max,
+        mandatory_fraction=settings.refresh_mandatory_fraction,
+        mandatory_max=settings.refresh_mandatory_max,
+        jitter_fraction=settings.refresh_jitter_fraction,
+        failure_memory=settings.failure_memory,
+        backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+    )
+
+
+def client_id_for(settings: AuthSecSettings, transport: Transport | None = None) -> str:
+    """The agent to ask tokens for: the one rule, wherever a broker is built.
+
+    The configured client id (``AUTHSEC_CLIENT_ID``, or ``AUTHSEC_AGENT_CLIENT_ID``,
+    the name the existing SDKs use); else the one ``transport`` declares (a
+    replay asks as the agent the session was recorded with); else, in any mode
+    but live, :data:`~authsec_crewai.settings.DEMO_CLIENT_ID`.
+    """
+    if settings.client_id is not None:
+        return settings.client_id
+    declared = transport.info.client_id if transport is not None else None
+    if declared:
+        return declared
+    if settings.resolved_mode == "live":  # pragma: no cover - the settings refused this already
+        raise ConfigurationError(f"{env_var('client_id')} is not set")
+    return DEMO_CLIENT_ID
+
+
+def build_broker(settings: AuthSecSettings, transport: Transport | None = None) -> TokenBroker:
+    """A broker wired from ``settings``; pass ``transport`` to override the mode's default.
+
+    The broker asks as :func:`client_id_for` says and runs on the clock the
+    transport declares (a cassette's tokens live on the cassette's time). It is
+    not started: use it with ``async with``.
+    """
+    from .broker import TokenBroker
+
+    chosen = transport if transport is not None else build_transport(settings)
+    return TokenBroker(
+        chosen,
+        client_id=client_id_for(settings, chosen),
+        audience=tuple(settings.audience),
+        policy=refresh_policy(settings),
+        verify=settings.verify,
+        verify_leeway=settings.verify_leeway,
+        clock=chosen.info.clock or time.time,
+    )
+
+
+def build_fetcher(
+    broker: TokenBroker,
+    settings: AuthSecSettings | None = None,
+    *,
+    api_transport: httpx.AsyncBaseTransport | None = None,
+) -> SecureFetcher:
+    """A fetcher on ``broker`` with the policy of ``settings``.
+
+    Its API traffic goes through ``api_transport`` when given (the async tool
+    passes a pool of the caller's own event loop), else through the broker's
+    transport's :meth:`~authsec_crewai.transports.Transport.api`.
+    """
+    from .fetch import SecureFetcher
+
+    return SecureFetcher(
+        broker,
+        settings,
+        api_transport=api_transport if api_transport is not None else broker.transport.api(),
+    )
+
+
+def _warn_if_auto_mock(settings: AuthSecSettings) -> None:
+    if not settings.auto_chose_mock or _auto_mock_warned.is_set():
+        return
+    _auto_mock_warned.set()
+    missing = [
+        env_var(name) for name in ("base_url", "client_id") if getattr(settings, name) is None
+    ]
+    from .logging import get_logger
+
+    get_logger("authsec_crewai.wiring").warning(
+        "settings.mode.auto_mock",
+        mode="mock",
+        missing=missing,
+        message=(
+            f"{' and '.join(missing)} not set: using MOCK mode with demo tokens and demo data. "
+            "Set them to reach the AuthSec server, or set AUTHSEC_MODE=mock to make this "
+            "choice explicit (and silence this warning)."
+        ),
+    )
