@@ -83,6 +83,8 @@ class BrokerThread:
         self._stop: anyio.Event | None = None
         self._failure: BaseException | None = None
         self._closed = False
+        self._ended = False  # the loop has stopped: nothing handed to it will run
+        self._pending: set[_Job] = set()  # handed to the loop, not finished yet
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._home else "not started")
@@ -129,6 +131,11 @@ class BrokerThread:
                 )
         finally:
             self._home, self._tg = None, None
+            with self._lock:
+                self._ended = True
+                stranded, self._pending = self._pending, set()
+            for job in stranded:  # handed over while the loop was ending: never ran
+                self._finish(job, error=errors.BrokerClosedError(_CLOSED))
             self._ready.set()
 
     async def _main(self) -> None:
@@ -164,42 +171,68 @@ class BrokerThread:
     # --- running calls on the loop ---------------------------------------------------------
 
     def _submit(self, job: _Job) -> LoopRef:
-        home = self._home
-        if self._closed or home is None or not home.call_soon(self._spawn, job):
+        with self._lock:
+            home = self._home
+            if self._closed or self._ended or home is None:
+                raise errors.BrokerClosedError(_CLOSED)
+            self._pending.add(job)
+        if not home.call_soon(self._spawn, job):
+            self._finish(job, error=errors.BrokerClosedError(_CLOSED))
             raise errors.BrokerClosedError(_CLOSED)
         return home
 
     def _spawn(self, job: _Job) -> None:
-        """On the loop's thread: start the job, or fail it if the runtime is stopping."""
-        if self._tg is None:
-            self._finish(job, error=errors.BrokerClosedError(_CLOSED))
-        else:
+        """On the loop's thread: start the job, or fail it if the runtime is stopping.
+
+        It runs as a loop callback, so it must never raise (trio would abort).
+        """
+        try:
+            if self._tg is None:
+                raise RuntimeError(_CLOSED)
             self._tg.start_soon(self._run_job, job)
+        except RuntimeError:  # the task group is closing to new tasks
+            self._finish(job, error=errors.BrokerClosedError(_CLOSED))
 
     async def _run_job(self, job: _Job) -> None:
-        result: Any = None
-        error: BaseException | None = None
+        """Run one job; its caller gets its result or a typed error, never a silent None.
+
+        A job can end without returning: cancelled by its caller, or by the
+        task group when the runtime stops or a sibling crashes it. Each of
+        those is reported as ``BrokerClosedError`` (with the crash as cause).
+        """
+        cause: BaseException | None = None
         try:
             with anyio.CancelScope() as scope:
                 job.scope = scope
                 if job.cancel_requested:
                     scope.cancel()
                 result = await job.func()
+                self._finish(job, result=result)
                 return
         except Exception as exc:
-            error = exc
+            self._finish(job, error=exc)
+        except BaseException as exc:  # cancellation, or a crash passing through
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                cause = exc
+            raise
         finally:
-            if error is None and job.scope is not None and job.scope.cancel_called:
-                error = errors.BrokerClosedError("the call was cancelled")
-            elif error is None and self._tg is None:
-                error = errors.BrokerClosedError(_CLOSED)
-            self._finish(job, result=result, error=error)
+            if not job.done:
+                if job.scope is not None and job.scope.cancel_called:
+                    reason = "the call was cancelled"
+                elif cause is not None:
+                    reason = f"the call did not finish ({type(cause).__name__})"
+                else:
+                    reason = _CLOSED
+                error = errors.BrokerClosedError(reason)
+                error.__cause__ = cause
+                self._finish(job, error=error)
 
-    @staticmethod
-    def _finish(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
-        if job.done:
-            return
-        job.result, job.error, job.done = result, error, True
+    def _finish(self, job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if job.done:
+                return
+            job.result, job.error, job.done = result, error, True
+            self._pending.discard(job)
         job.notify()
 
     @staticmethod

@@ -13,13 +13,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from ._brokerthread import BrokerThread
-from .broker import BrokerStats, TokenBroker
+from .broker import BrokerAgent, BrokerStats, TokenBroker
 
 if TYPE_CHECKING:
     from .token import DelegationToken, ScopesLike
     from .transports.base import Transport
 
-__all__ = ["SyncTokenBroker"]
+__all__ = ["SyncBrokerAgent", "SyncTokenBroker"]
 
 
 class SyncTokenBroker:
@@ -63,17 +63,66 @@ class SyncTokenBroker:
         """Stop the broker and its thread. Safe to call twice."""
         self._thread.close()
 
-    def token(self, scopes: ScopesLike) -> DelegationToken:
-        """Like ``await TokenBroker.token(scopes)``, blocking the calling thread."""
-        cached = self.broker.cached_token(scopes)
+    def token(self, scopes: ScopesLike, *, agent: str | None = None) -> DelegationToken:
+        """Like ``await TokenBroker.token(scopes, agent=...)``, blocking the calling thread."""
+        cached = self.broker.cached_token(scopes, agent=agent)
         if cached is not None:
             return cached
-        return self._thread.call(lambda: self.broker.token(scopes))
+        return self._thread.call(lambda: self.broker.token(scopes, agent=agent))
+
+    def cached_token(
+        self, scopes: ScopesLike, *, agent: str | None = None
+    ) -> DelegationToken | None:
+        """The token for ``scopes`` if it can be served without waiting, else None."""
+        return self.broker.cached_token(scopes, agent=agent)
 
     def invalidate(self, token: DelegationToken) -> bool:
         """Drop ``token`` if it is still the cached one (see ``TokenBroker.invalidate``)."""
         return self.broker.invalidate(token)
 
+    def agent(self, client_id: str) -> SyncBrokerAgent:
+        """A light blocking view of the broker for one agent (see ``TokenBroker.agent``)."""
+        return SyncBrokerAgent(self, self.broker.agent(client_id))
+
     @property
     def stats(self) -> BrokerStats:
+        """The counters, summed over every agent."""
         return self.broker.stats
+
+    def stats_for(self, client_id: str) -> BrokerStats:
+        """One agent's counters."""
+        return self.broker.stats_for(client_id)
+
+
+class SyncBrokerAgent:
+    """A :class:`SyncTokenBroker` as one agent sees it: blocking ``token()`` and the rest."""
+
+    __slots__ = ("_sync", "_view")
+
+    def __init__(self, sync: SyncTokenBroker, view: BrokerAgent) -> None:
+        self._sync = sync
+        self._view = view
+
+    def __repr__(self) -> str:
+        return f"SyncBrokerAgent(client_id={self.client_id!r})"
+
+    @property
+    def client_id(self) -> str:
+        return self._view.client_id
+
+    def token(self, scopes: ScopesLike) -> DelegationToken:
+        """This agent's token covering ``scopes``, blocking the calling thread."""
+        cached = self._view.cached_token(scopes)
+        if cached is not None:
+            return cached
+        return self._sync._thread.call(lambda: self._view.token(scopes))
+
+    def cached_token(self, scopes: ScopesLike) -> DelegationToken | None:
+        return self._view.cached_token(scopes)
+
+    def invalidate(self, token: DelegationToken) -> bool:
+        return self._view.invalidate(token)
+
+    @property
+    def stats(self) -> BrokerStats:
+        return self._view.stats

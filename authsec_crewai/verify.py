@@ -330,8 +330,9 @@ class TokenVerifier:
     (transports do not cache them, so a re-read here is a real re-fetch). When a
     signature does not match the cached keys, the set is re-read once, because
     the tenant may have rotated its key; at most one such re-read happens per
-    ``rekey_interval`` seconds (monotonic time) so a run of bad tokens cannot
-    turn into a stream of key-set requests. If the transport has no key set
+    ``rekey_interval`` seconds of ``monotonic`` time (injectable, like the
+    broker's clocks) so a run of bad tokens cannot turn into a stream of
+    key-set requests. If the transport has no key set
     (returns None) verification is skipped, and that is logged once.
 
     ``claims_only`` skips the signature but checks every claim: replayed tokens
@@ -347,6 +348,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         claims_only: bool = False,
         rekey_interval: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if leeway < 0:
             raise ValueError("leeway must not be negative")
@@ -354,6 +356,7 @@ class TokenVerifier:
         self.audience = frozenset((audience,) if isinstance(audience, str) else audience)
         self.leeway = leeway
         self._clock = clock
+        self._monotonic = monotonic
         self.claims_only = claims_only
         self.rekey_interval = rekey_interval
         self._cache: dict[str | None, _Keys] = {}
@@ -410,7 +413,7 @@ class TokenVerifier:
         )
 
     def _may_rekey(self, entry: _Keys) -> bool:
-        return entry.rekeyed_at is None or time.monotonic() - entry.rekeyed_at >= (
+        return entry.rekeyed_at is None or self._monotonic() - entry.rekeyed_at >= (
             self.rekey_interval
         )
 
@@ -430,7 +433,7 @@ class TokenVerifier:
             key_set = await self._transport.fetch_key_set(tenant)
             keys = None if key_set is None else rsa_keys(key_set)
             generation = 0 if entry is None else entry.generation + 1
-            rekeyed_at = None if stale is None else time.monotonic()
+            rekeyed_at = None if stale is None else self._monotonic()
             new = _Keys(keys=keys, generation=generation, rekeyed_at=rekeyed_at)
             self._cache[tenant] = new
             return new, True

@@ -4,7 +4,8 @@
 (b) a cold herd of 10,000 tasks: transport calls and time to serve all;
 (c) callers' p50/p99 while a 200 ms ADVISORY refresh is in flight vs plain hits;
 (d) ``SyncTokenBroker.token()`` from 8 threads vs the async path;
-(e) ``import authsec_crewai`` time, and that crewai is not imported.
+(e) ``import authsec_crewai`` time, and that crewai is not imported;
+(f) a cache hit for a named agent with 1 agent vs 1,000 agents on one broker.
 
 Ratios, not absolute times, are the result: this machine is shared and noisy.
 """
@@ -170,6 +171,45 @@ def bench_sync_threads() -> dict[str, float]:
     return {"sync_8_threads_ns": sync_ns, "async_ns": async_ns, "ratio": sync_ns / async_ns}
 
 
+async def bench_many_agents(backend: str) -> dict[str, float]:
+    """A named agent's cache hit must not cost more when the broker serves many agents."""
+    table = {SCOPE: object()}
+
+    async def floor() -> object:
+        return table[SCOPE]
+
+    agents = [str(uuid.uuid4()) for _ in range(1000)]
+    async with TokenBroker(MockTransport()) as broker:
+        view = broker.agent(agents[0])
+        await view.token(SCOPE)
+
+        async def measure() -> tuple[float, float, float]:
+            hit = named = base = float("inf")
+            for _ in range(7):
+                hit = min(hit, await per_call_ns(lambda: view.token(SCOPE), 50_000))
+                named = min(
+                    named, await per_call_ns(lambda: broker.token(SCOPE, agent=agents[0]), 50_000)
+                )
+                base = min(base, await per_call_ns(floor, 50_000))
+            return hit, named, base
+
+        one = await measure()
+        async with anyio.create_task_group() as tg:
+            for agent in agents[1:]:
+                tg.start_soon(broker.agent(agent).token, SCOPE)
+        many = await measure()
+        fetches = broker.stats.fetches
+    return {
+        "view_1_ns": one[0],
+        "named_1_ns": one[1],
+        "floor_1_ns": one[2],
+        "view_1000_ns": many[0],
+        "named_1000_ns": many[1],
+        "floor_1000_ns": many[2],
+        "fetches": fetches,
+    }
+
+
 def bench_import() -> dict[str, float]:
     code = "import authsec_crewai, sys; print('crewai' in sys.modules)"
     best = float("inf")
@@ -238,6 +278,19 @@ def main() -> None:
             f"crewai imported: {imp['crewai_imported']} (target < 250 ms, no crewai)",
         )
     )
+    for backend in ("asyncio", "trio"):
+        agents = anyio.run(bench_many_agents, backend, backend=backend)
+        rows.append(
+            (
+                f"(f) named-agent hit [{backend}]",
+                f"agent(id).token: {agents['view_1_ns']:.0f} ns with 1 agent, "
+                f"{agents['view_1000_ns']:.0f} ns with 1,000; token(agent=id): "
+                f"{agents['named_1_ns']:.0f} / {agents['named_1000_ns']:.0f} ns "
+                f"(floor {agents['floor_1_ns']:.0f} / {agents['floor_1000_ns']:.0f} ns)",
+                f"{agents['view_1000_ns'] / agents['view_1_ns']:.2f}x with 1,000 agents "
+                f"(target: flat), {agents['fetches']:.0f} fetches",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     print("Broker benchmarks (best of repeated runs; ratios measured side by side)")
     for name, measured, verdict in rows:

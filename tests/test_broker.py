@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import random
+import tracemalloc
 
 import anyio
 import pytest
-from brokerkit import NO_JITTER, FakeClock, HeldTransport, broker, mock, settle
+import structlog
+from brokerkit import NO_JITTER, SIGNING_KEY, FakeClock, HeldTransport, broker, mock, settle
 from structlog.testing import capture_logs
 
+import authsec_crewai.broker as broker_module
 from authsec_crewai import errors
 from authsec_crewai.broker import RefreshPolicy, TokenBroker
+from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken
+from authsec_crewai.transports import MockTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -321,7 +328,7 @@ async def test_scope_superset_reuse_and_refusal(client_id: str) -> None:
             with pytest.raises(errors.ScopeNotGrantedError) as info:
                 await b.token("write:records")
             assert info.value.missing == {"write:records"}
-        assert transport.calls == 2  # the refusal is cached, not re-fetched
+        assert transport.calls == 1  # the delegation's grants are known: no fetch at all
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "read records\x00", ['"quoted"'], []])
@@ -425,3 +432,154 @@ def test_policy_windows_scale_with_lifetime() -> None:
     with pytest.raises(ValueError, match="mandatory_fraction"):
         RefreshPolicy(advisory_fraction=0.1, mandatory_fraction=0.2)
     assert NO_JITTER.jitter_fraction == 0
+
+
+# --- what the delegation grants: made-up scopes cost nothing -------------------------------
+
+
+async def test_made_up_scopes_are_refused_without_a_server_call(client_id: str) -> None:
+    clock = FakeClock()
+    transport = mock(clock)
+    async with broker(transport, client_id, clock) as b:
+        await b.token("read:records")
+        for i in range(300):
+            with pytest.raises(errors.ScopeNotGrantedError) as info:
+                await b.token(f"made:up{i}")
+            assert info.value.missing == {f"made:up{i}"}
+        assert transport.calls == 1
+        assert b.stats.cached == 1  # no entry per made-up scope
+        with pytest.raises(errors.ScopeNotGrantedError):
+            await b.token(["read:records", "made:up0"])  # a granted scope does not help
+        assert transport.calls == 1
+
+
+async def test_a_cold_made_up_scope_asks_once_then_knows(client_id: str) -> None:
+    clock = FakeClock()
+    transport = mock(clock)
+    async with broker(transport, client_id, clock) as b:
+        for i in range(50):
+            with pytest.raises(errors.ScopeNotGrantedError):
+                await b.token(f"made:up{i}")
+        assert transport.calls == 1  # the first one learned what the delegation grants
+        assert b.stats.cached == 0
+        assert (await b.token("read:metrics")).covers(frozenset({"read:metrics"}))
+        assert transport.calls == 2
+
+
+async def test_a_re_delegation_is_learned_on_the_next_refresh(client_id: str) -> None:
+    clock = FakeClock()
+    transport = mock(clock)
+    async with broker(transport, client_id, clock) as b:
+        first = await b.token("read:records")
+        transport.authority.delegate(
+            client_id, permissions=["read:records", "read:metrics", "write:records"]
+        )
+        with pytest.raises(errors.ScopeNotGrantedError):
+            await b.token("write:records")  # still what the cached token says
+        assert transport.calls == 1
+        clock.advance(IN_ADVISORY)
+        assert await b.token("read:records") is first  # and its refresh starts
+        await settle()
+        assert transport.calls == 2
+        wider = await b.token("write:records")
+        assert wider.jti != first.jti and "write:records" in wider.permissions
+        assert transport.calls == 2
+
+
+async def test_a_narrowed_delegation_refuses_what_it_no_longer_grants(client_id: str) -> None:
+    clock = FakeClock()
+    transport = mock(clock)
+    async with broker(transport, client_id, clock) as b:
+        await b.token("read:metrics")
+        transport.authority.delegate(client_id, permissions=["read:records"])
+        clock.advance(IN_MANDATORY)
+        with pytest.raises(errors.ScopeNotGrantedError):
+            await b.token("read:metrics")
+        assert transport.calls == 2
+        assert b.stats.cached == 0  # the entry it no longer covers is gone
+        with pytest.raises(errors.ScopeNotGrantedError):
+            await b.token("read:metrics")
+        assert transport.calls == 2
+
+
+async def test_the_cache_of_an_agent_is_bounded(client_id: str) -> None:
+    """A cold herd of distinct granted scope sets cannot grow the cache without end."""
+    clock = FakeClock()
+    permissions = [f"read:r{i}" for i in range(10)]
+    authority = MockAuthority(ttl_seconds=1000, clock=clock, key=SIGNING_KEY)
+    authority.permissions = tuple(permissions)
+    held = HeldTransport(MockTransport(authority=authority))
+    held.arm()
+    subsets = [
+        [p for bit, p in enumerate(permissions) if mask >> bit & 1] for mask in range(1, 1024)
+    ]
+    async with broker(held, client_id, clock) as b:
+        async with anyio.create_task_group() as tg:
+            for scopes in subsets:
+                tg.start_soon(b.token, scopes)
+            await held.started.wait()
+            await settle()
+            held.release()
+        assert held.calls == len(subsets)
+        assert 0 < b.stats.cached <= broker_module.CACHE_LIMIT
+        for scopes in subsets:  # every one is still served, from what is kept
+            assert (await b.token(scopes)).covers(frozenset(scopes))
+        assert held.calls == len(subsets)
+
+
+def _held_bytes() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def test_distinct_inputs_do_not_grow_the_broker_without_bound(client_id: str) -> None:
+    """Memo and failure memory keep a bounded number of entries, whatever is asked."""
+    clock = FakeClock()
+    transport = mock(clock)
+    counter = iter(range(10**9))
+
+    async def made_up(n: int) -> None:
+        for _ in range(n):
+            with pytest.raises(errors.ScopeNotGrantedError):
+                await b.token(f"made:up{next(counter)}")
+
+    async def failing(n: int) -> None:  # each distinct request fails at the server
+        for _ in range(n):
+            transport.fail_next(1, 503)
+            with pytest.raises(errors.ServerError):
+                await b.token(f"other:scope{next(counter)}")
+
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    async with broker(transport, client_id, clock) as b:
+        tracemalloc.start()
+        try:
+            await failing(400)  # nothing known yet: each distinct request is fetched
+            first = _held_bytes()
+            await failing(1200)
+            second = _held_bytes()
+            await b.token("read:records")
+            await made_up(2000)  # the grants are known: refused without a fetch
+            third = _held_bytes()
+            await made_up(4000)
+            fourth = _held_bytes()
+        finally:
+            tracemalloc.stop()
+            structlog.configure(**saved)
+        assert b.stats.failures == 1600
+        assert b.stats.fetches == 1601
+    # Unbounded, 1200 more remembered failures (and their memo entries) hold megabytes,
+    # and so would 4000 more memo entries.
+    assert second - first < 1_000_000
+    assert fourth - third < 1_000_000
+
+
+def test_an_impossible_policy_is_refused_where_it_is_built() -> None:
+    with pytest.raises(ValueError, match="advisory_max"):
+        RefreshPolicy(advisory_max=10)  # below the default mandatory cap of 300 s
+    with pytest.raises(ValueError, match="advisory_max"):
+        RefreshPolicy(advisory_max=300, mandatory_max=300)
+    for policy in (RefreshPolicy(), RefreshPolicy(advisory_max=301, mandatory_max=300)):
+        for lifetime in (1, 10, 300, 3600, 86_400, 10**7):
+            advisory, mandatory = policy.windows(lifetime)
+            assert advisory > mandatory > 0  # always an advisory window to refresh in

@@ -396,6 +396,28 @@ async def test_re_reads_are_rate_limited(
 
 
 @pytest.mark.anyio
+async def test_re_reads_are_timed_by_the_injected_monotonic_clock(
+    good: DelegationToken, source: KeySource, other_key: RSAKey
+) -> None:
+    mono = [5000.0]
+    verifier = _verifier(source, rekey_interval=60, monotonic=lambda: mono[0])
+    await verifier.verify(good)
+    forged = _with(good, _signed(good, other_key))
+    for _ in range(3):
+        with pytest.raises(errors.TokenVerificationError):
+            await verifier.verify(forged)
+    assert source.calls == 2
+    mono[0] += 59.0  # not yet: still inside the interval by the injected clock
+    with pytest.raises(errors.TokenVerificationError):
+        await verifier.verify(forged)
+    assert source.calls == 2
+    mono[0] += 1.0  # the interval has passed, though hardly any real time has
+    with pytest.raises(errors.TokenVerificationError):
+        await verifier.verify(forged)
+    assert source.calls == 3
+
+
+@pytest.mark.anyio
 async def test_no_key_set_skips_the_signature_check_and_says_so_once(
     good: DelegationToken, other_key: RSAKey
 ) -> None:
