@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import socket
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -227,13 +228,22 @@ async def test_a_foreign_404_drops_cached_tokens(
 ) -> None:
     authsec_server.authority.delegate(client_id)
     transport = _transport(authsec_server.url, retry_budget=0)
-    async with TokenBroker(transport, client_id=client_id) as broker:
-        await broker.token(["read:records"])
-        assert broker.cached_token(["read:records"]) is not None
+    ahead = 0.0  # how far the broker's clock runs ahead of the real one
+
+    def clock() -> float:
+        return time.time() + ahead
+
+    async with TokenBroker(transport, client_id=client_id, clock=clock) as broker:
+        token = await broker.token(["read:records"])
         authsec_server.faults.add(Fault.raw("<html>nope</html>", status=404))
+        ahead = token.expires_at_ts - time.time() - 200  # in the advisory window
+        assert await broker.token(["read:records"]) is token  # served; refresh in background
+        with anyio.fail_after(HANG_GUARD):
+            while broker.stats.failures == 0:  # noqa: ASYNC110  # the refresh lands
+                await anyio.sleep(0.01)
+        assert broker.cached_token(["read:records"]) is None  # fail closed: dropped
         with pytest.raises(errors.EndpointNotFoundError):
-            await broker.token(["write:records"])  # not covered: asks the server
-        assert broker.cached_token(["read:records"]) is None  # fail closed
+            await broker.token(["read:records"])
 
 
 # --- 3. retries are told, and hopeless ones are not made ---------------------------------------
