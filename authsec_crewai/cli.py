@@ -200,7 +200,6 @@ def _print_token(facts: dict[str, Any], seconds_left: float) -> None:
     """Aligned ``name  value`` lines; values are never cut or folded (a SPIFFE id
     is longer than most terminals), the terminal wraps them if it must."""
     from rich.console import Console
-    from rich.markup import escape
 
     minutes, seconds = divmod(max(0, int(seconds_left)), 60)
     rows = [
@@ -217,7 +216,7 @@ def _print_token(facts: dict[str, Any], seconds_left: float) -> None:
     ]
     console = Console(highlight=False, soft_wrap=True)
     for name, value in rows:
-        console.print(f"[bold cyan]{name:<12}[/] {escape(str(value))}")
+        console.print(f"[bold cyan]{name:<12}[/] {_cell(value)}")  # server-supplied text
 
 
 # --- serve-mock --------------------------------------------------------------------------------
