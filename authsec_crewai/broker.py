@@ -43,6 +43,8 @@ from .token import DelegationToken, ScopesLike, TokenRequest
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from .stores.base import TokenStore
+    from .stores.fleet import Fleet
     from .transports.base import Transport
     from .verify import TokenVerifier
 
@@ -150,7 +152,11 @@ class BrokerStats:
     started; ``failures``: fetches that failed; ``stale_served``: ADVISORY
     tokens served after their refresh had failed; ``refused``: requests for
     scopes the agent's delegation does not grant, refused without a fetch.
-    ``cached`` is not a counter: the number of cache entries right now.
+    ``cached`` is not a counter: the number of cache entries right now. With a
+    shared store (counted for the whole broker): ``store_hits``: flights served
+    from the store without a transport call; ``store_errors``: store
+    operations that failed or timed out; ``lease_waits``: flights that waited
+    for another process's fetch.
     """
 
     hits: int = 0
@@ -161,6 +167,9 @@ class BrokerStats:
     failures: int = 0
     stale_served: int = 0
     refused: int = 0
+    store_hits: int = 0
+    store_errors: int = 0
+    lease_waits: int = 0
     cached: int = 0
 
 
@@ -292,6 +301,7 @@ class TokenBroker:
         monotonic: Callable[[], float] = time.monotonic,
         close_transport: bool = True,
         rng: random.Random | None = None,
+        store: TokenStore | None = None,
     ) -> None:
         self.transport = transport
         self.client_id = None if client_id is None else check_client_id(client_id)
@@ -305,6 +315,8 @@ class TokenBroker:
         self._close_transport = close_transport
         self._rng = rng or random.Random()
         self._mode = transport.info.mode
+        self.store = store
+        self._fleet: Fleet | None = None
 
         self._lock = threading.Lock()
         self._agents: dict[str, _Agent] = {}
@@ -347,9 +359,23 @@ class TokenBroker:
                 # A replaying transport serves tokens whose signatures were redacted.
                 claims_only=self.transport.info.claims_only,
             )
+        if self.store is not None:
+            from .stores.fleet import Fleet
+
+            await self.store.__aenter__()
+            verifier = self._verifier
+            self._fleet = Fleet(
+                self.store,
+                verify=verifier.verify if verifier is not None else None,
+                clock=self._clock,
+                monotonic=self._monotonic,
+                rng=self._rng,
+            )
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg, self._home = tg, LoopRef.current()
+        if self._fleet is not None:
+            tg.start_soon(self._fleet.listen, self._revoked_elsewhere)
         return self
 
     async def __aexit__(
@@ -382,6 +408,8 @@ class TokenBroker:
                 agent.remembered.clear()
                 agent.terminal = None
                 agent.forget_grants()
+        if self._fleet is not None and self.store is not None:
+            await self.store.__aexit__(None, None, None)
         if self._close_transport:
             await self.transport.aclose()
 
@@ -396,6 +424,8 @@ class TokenBroker:
         for stats in per_agent:
             for name in total:
                 total[name] += getattr(stats, name)
+        if self._fleet is not None:
+            total.update(self._fleet.counts)
         return BrokerStats(**total)
 
     def stats_for(self, client_id: str) -> BrokerStats:
@@ -550,6 +580,7 @@ class TokenBroker:
                     "mode": self._mode,
                 },
             )
+            self._announce_revocation(keys[0].client_id, keys, token.fingerprint)
         return bool(keys)
 
     # --- one decision: serve from cache, refuse, or wait for a flight ------------------
@@ -733,8 +764,6 @@ class TokenBroker:
     async def _run_flight(self, flight: _Flight) -> None:
         """The one fetch of a flight; whatever happens, every waiter is woken."""
         try:
-            with self._lock:
-                flight.agent.counts["fetches"] += 1
             self._emit(
                 "debug",
                 "token.refresh.start",
@@ -745,9 +774,11 @@ class TokenBroker:
                     "mode": self._mode,
                 },
             )
-            token = await self._obtain(flight.request)
+            token = await self._obtain(flight.agent, flight.request)
         except errors.AuthSecError as exc:
             self._complete(flight, error=exc)
+            if exc.terminal and self._fleet is not None:
+                await self._fleet.revoke(flight.request.client_id, [flight.request], None)
         except Exception as exc:  # a third-party transport's bug must not hang waiters
             wrapped = errors.TransportError(
                 f"the transport failed: {type(exc).__name__}: {redact_text(str(exc))[:300]}"
@@ -760,12 +791,70 @@ class TokenBroker:
         else:
             self._complete(flight, token=token)
 
-    async def _obtain(self, request: TokenRequest) -> DelegationToken:
-        """Get a token for ``request``: ask the transport, then verify what it gave."""
+    async def _obtain(self, agent: _Agent, request: TokenRequest) -> DelegationToken:
+        """Get a token for ``request``: through the shared store when there is one."""
+        if self._fleet is None:
+            return await self._fetch(agent, request)
+        return await self._fleet.fetch_shared(
+            request, lambda: self._fetch(agent, request), self._serves_from_store
+        )
+
+    async def _fetch(self, agent: _Agent, request: TokenRequest) -> DelegationToken:
+        """Ask the transport, then verify what it gave."""
+        with self._lock:
+            agent.counts["fetches"] += 1
         token = await self.transport.fetch_token(request)
         if self._verifier is not None:
             await self._verifier.verify(token)
         return token
+
+    def _serves_from_store(self, token: DelegationToken, written_at: float) -> bool:
+        """A stored token is worth taking before MANDATORY, or when just re-confirmed."""
+        now = self._clock()
+        _, mandatory = self.policy.windows(token.lifetime)
+        fresh = now - written_at < self.policy.backoff_initial
+        return now < token.expires_at_ts - mandatory or fresh
+
+    # --- revocation across processes ------------------------------------------------------
+
+    def _announce_revocation(
+        self, client_id: str, keys: list[TokenRequest], fingerprint: str | None
+    ) -> None:
+        """Tell the fleet (from any thread): the revocation runs on the home loop."""
+        fleet, home = self._fleet, self._home
+        if fleet is None or home is None:
+            return
+
+        def start() -> None:
+            if self._tg is not None:
+                self._tg.start_soon(fleet.revoke, client_id, keys, fingerprint)
+
+        if home.is_current_thread():
+            start()
+        else:
+            home.call_soon(start)
+
+    def _revoked_elsewhere(self, agent: str, fingerprint: str | None) -> None:
+        """Another process saw a revocation: drop this process's copies at once."""
+        from .stores.base import agent_digest
+
+        dropped = 0
+        with self._lock:
+            for state in self._agents.values():
+                if agent_digest(state.client_id) != agent:
+                    continue
+                doomed = [
+                    key
+                    for key, entry in state.cache.items()
+                    if fingerprint is None or entry.token.fingerprint == fingerprint
+                ]
+                for key in doomed:
+                    del state.cache[key]
+                if doomed:
+                    state.forget_grants()
+                dropped += len(doomed)
+        if dropped:
+            self._emit("info", "token.revoked_elsewhere", {"dropped": dropped, "mode": self._mode})
 
     def _complete(
         self,

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -214,6 +215,31 @@ class AuthSecSettings(BaseSettings):
     cassette: Path | None = Field(None, description="Cassette file for record and replay modes.")
     log_format: LogFormat = Field("console", description="console (for people) or json.")
     log_level: LogLevel = Field("INFO", description="Threshold for configure() (see logging).")
+    store: str = Field(
+        "memory:",
+        description="Where tokens are shared beyond the process: memory: (this process "
+        "only), sqlite:///path/to/tokens.db (processes on one host), redis://host:port/db "
+        "or rediss:// (processes on many hosts).",
+    )
+    store_key: SecretStr | None = Field(
+        None,
+        description="AES-256 key sealing tokens in a shared store: urlsafe base64 of 32 "
+        "random bytes. 'new,old' also opens entries sealed with the old key (rotation).",
+    )
+    store_old_key: SecretStr | None = Field(
+        None, description="A previous store key that still opens entries (rotation)."
+    )
+    store_encryption: bool = Field(
+        True,
+        description="off stores tokens unencrypted in a shared store (a deliberate choice; "
+        "otherwise a shared store without AUTHSEC_STORE_KEY is a configuration error).",
+    )
+    store_timeout: float = Field(
+        0.5, gt=0, le=30, description="Longest one store operation may take, seconds."
+    )
+    store_lease: float = Field(
+        10.0, gt=0, le=300, description="Fetch lease: a dead holder is replaced after this."
+    )
 
     def __init__(self, **values: Any) -> None:
         # Re-raise pydantic's error as our ConfigurationError: one exception tree
@@ -259,6 +285,30 @@ class AuthSecSettings(BaseSettings):
     @classmethod
     def _check_urls(cls, value: str | None) -> str | None:
         return None if value is None else check_base_url(value)
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        text = value.strip() or "memory:"
+        scheme = text.partition(":")[0].lower()
+        if text.lower() in ("memory", "memory:"):
+            return "memory:"
+        if scheme == "sqlite":
+            if not text.startswith("sqlite:///") or len(text) <= len("sqlite:///"):
+                raise ValueError("a SQLite store is sqlite:///path/to/tokens.db (three slashes)")
+            return text
+        if scheme in ("redis", "rediss"):
+            if not urlsplit(text).hostname:
+                raise ValueError("a Redis store is redis://host:port/db (or rediss:// for TLS)")
+            return text
+        raise ValueError(
+            "choose memory:, sqlite:///path/to/tokens.db, redis://host:port/db or rediss://..."
+        )
+
+    @field_validator("store_key", "store_old_key", mode="before")
+    @classmethod
+    def _optional_secret(cls, value: Any) -> Any:
+        return _empty_to_none(value)
 
     @field_validator("client_id", "api_token", "cassette", mode="before")
     @classmethod

@@ -139,13 +139,18 @@ def client_id_for(settings: AuthSecSettings, transport: Transport | None = None)
 def build_broker(settings: AuthSecSettings, transport: Transport | None = None) -> TokenBroker:
     """A broker wired from ``settings``; pass ``transport`` to override the mode's default.
 
-    The broker asks as :func:`client_id_for` says and runs on the clock the
-    transport declares (a cassette's tokens live on the cassette's time). It is
-    not started: use it with ``async with``.
+    The broker asks as :func:`client_id_for` says, runs on the clock the
+    transport declares (a cassette's tokens live on the cassette's time), and
+    shares tokens through the store ``AUTHSEC_STORE`` names. It is not started:
+    use it with ``async with``.
     """
     from .broker import TokenBroker
+    from .stores import build_store
 
     chosen = transport if transport is not None else build_transport(settings)
+    # A transport on its own clock (a recorded session) lives on its own time:
+    # its tokens are never shared with other processes.
+    own_time = chosen.info.clock is not None
     return TokenBroker(
         chosen,
         client_id=client_id_for(settings, chosen),
@@ -154,6 +159,7 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
         clock=chosen.info.clock or time.time,
+        store=None if own_time else build_store(settings),
     )
 
 

@@ -98,3 +98,20 @@ def authsec_server(
     finally:
         faults.clear()
         loopback_server.app = None
+
+
+# --- a real redis-server on a free loopback port (tests/_redis.py) -------------------------
+
+
+from _redis import RedisServer, require_redis_server  # noqa: E402
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh redis-server for this test; skips (fails in CI) when it is not installed."""
+    binary = require_redis_server()
+    server = RedisServer(binary, Path(tmp_path_factory.mktemp("redis"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
