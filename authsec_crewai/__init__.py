@@ -16,6 +16,7 @@ from . import errors as _errors
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .auth import BrokerAuth
     from .broker import BrokerStats, RefreshPolicy, TokenBroker
     from .errors import (
         AuthenticationError,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "AuthSecSettings": ".settings",
+    "BrokerAuth": ".auth",
     "BrokerStats": ".broker",
     "DEMO_CLIENT_ID": ".settings",
     "DelegationToken": ".token",
@@ -70,6 +72,7 @@ __all__ = [
     "AuthSecError",
     "AuthSecSettings",
     "AuthenticationError",
+    "BrokerAuth",
     "BrokerClosedError",
     "BrokerStats",
     "CassetteError",

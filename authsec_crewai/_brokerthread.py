@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
-from . import errors
+from . import errors, telemetry
 from ._loopref import LoopRef
 from .logging import get_logger
 from .redact import redact_text
@@ -40,11 +40,21 @@ _CLOSED = "the broker's event-loop thread was closed"
 class _Job:
     """One call handed to a runtime's loop, and its outcome."""
 
-    __slots__ = ("cancel_requested", "done", "error", "func", "notify", "result", "scope")
+    __slots__ = (
+        "cancel_requested",
+        "done",
+        "error",
+        "func",
+        "notify",
+        "result",
+        "scope",
+        "trace_parent",
+    )
 
     def __init__(self, func: Callable[[], Awaitable[Any]], notify: Callable[[], object]) -> None:
         self.func = func
         self.notify = notify
+        self.trace_parent = telemetry.current_context()  # the asking thread's span
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -206,7 +216,7 @@ class BrokerThread:
                 job.scope = scope
                 if job.cancel_requested:
                     scope.cancel()
-                result = await job.func()
+                result = await telemetry.within(job.trace_parent, job.func())
                 self._finish(job, result=result)
                 return
         except Exception as exc:

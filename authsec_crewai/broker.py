@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Self
 
 import anyio
 
-from . import errors
+from . import errors, telemetry
 from ._loopref import LoopRef
 from .logging import get_logger
 from .redact import redact_text
@@ -42,6 +42,7 @@ from .token import DelegationToken, ScopesLike, TokenRequest
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
+    from opentelemetry.context import Context
 
     from .stores.base import TokenStore
     from .stores.fleet import Fleet
@@ -253,6 +254,8 @@ class _Flight:
     done: bool = False
     token: DelegationToken | None = None
     error: errors.AuthSecError | None = None
+    parent: Context | None = field(default_factory=telemetry.current_context)  # asker's trace
+    source: str = "fetch"  # "store" when a shared store answered instead of the transport
 
 
 def check_client_id(client_id: object) -> str:
@@ -376,6 +379,7 @@ class TokenBroker:
         self._tg, self._home = tg, LoopRef.current()
         if self._fleet is not None:
             tg.start_soon(self._fleet.listen, self._revoked_elsewhere)
+        telemetry.track(self, self._mode)
         return self
 
     async def __aexit__(
@@ -394,6 +398,7 @@ class TokenBroker:
         if self._closed:
             return
         self._closed = True
+        telemetry.untrack(self)
         tg, self._tg = self._tg, None
         if tg is not None:
             tg.cancel_scope.cancel()
@@ -681,6 +686,8 @@ class TokenBroker:
         if launch:
             self._launch(flight)
         await event.wait()
+        got = flight.token is not None and flight.token.covers(request.scopes)
+        telemetry.count_request(self._mode, flight.source, "ok" if got else "error")
         if flight.error is not None:
             raise flight.error
         assert flight.token is not None
@@ -757,7 +764,7 @@ class TokenBroker:
         try:
             if self._tg is None:
                 raise RuntimeError("the broker was closed")
-            self._tg.start_soon(self._run_flight, flight)
+            self._tg.start_soon(telemetry.run_within, flight.parent, self._run_flight, flight)
         except RuntimeError:  # closed, or its task group closing to new tasks
             self._complete(flight, error=errors.BrokerClosedError("the broker was closed"))
 
@@ -789,6 +796,7 @@ class TokenBroker:
             self._complete(flight, error=errors.BrokerClosedError("the broker was closed"))
             raise
         else:
+            flight.source = telemetry.flight_source()
             self._complete(flight, token=token)
 
     async def _obtain(self, agent: _Agent, request: TokenRequest) -> DelegationToken:
@@ -803,7 +811,9 @@ class TokenBroker:
         """Ask the transport, then verify what it gave."""
         with self._lock:
             agent.counts["fetches"] += 1
-        token = await self.transport.fetch_token(request)
+        token = await telemetry.traced_fetch(
+            self.transport.fetch_token(request), request.scopes, self._mode
+        )
         if self._verifier is not None:
             await self._verifier.verify(token)
         return token

@@ -115,7 +115,8 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     "--verbose",
     count=True,
     help="Show the library's log lines on standard error (-v: info, -vv: debug). "
-    "Without it only errors are logged, so failures stay one line.",
+    "Without it the level is AUTHSEC_LOG_LEVEL, or only errors when that is not set, "
+    "so failures stay one line. AUTHSEC_LOG_FORMAT=json writes JSON lines.",
 )
 def main(verbose: int) -> None:
     """Short-lived AuthSec delegation tokens for CrewAI agents.
@@ -130,9 +131,21 @@ def main(verbose: int) -> None:
       authsec-crewai serve-mock --port 8700      # a mock AuthSec server
       authsec-crewai token --scope read:records  # in another shell, after the exports
     """
+    import os
+
     from .logging import configure
 
-    configure(level={0: "ERROR", 1: "INFO"}.get(verbose, "DEBUG"))
+    # Standard output is the command's own output (JSON for scripts, tables for
+    # people); every log line goes to standard error.
+    if verbose:
+        level = "INFO" if verbose == 1 else "DEBUG"
+    else:
+        level = os.environ.get("AUTHSEC_LOG_LEVEL", "").strip() or "ERROR"
+    log_format = os.environ.get("AUTHSEC_LOG_FORMAT", "").strip().lower() or "console"
+    try:
+        configure(log_format, level)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationFailed(f"AUTHSEC_LOG_LEVEL / AUTHSEC_LOG_FORMAT: {exc}") from None
 
 
 # --- token ---------------------------------------------------------------------------------
@@ -661,49 +674,64 @@ def demo() -> None:
 
 
 def _print_demo(outcome: Any) -> None:
-    """The token log, the tool calls and the crew's answer, as rich tables."""
+    """The token log, the tokens held and the crew's answer, readable at 80 columns.
+
+    No value is ever cut inside: identifiers (jti, fingerprints, endpoints)
+    stay whole on one line, so they can be copied and searched for in logs;
+    only prose wraps, at spaces. Piped to a file, rich assumes 80 columns.
+    """
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=False)
+    started = outcome.events[0]["at"] if outcome.events else datetime.now(UTC).timestamp()
     console.print(
-        f"[bold]authsec-crewai demo[/] — mode [bold cyan]{escape(outcome.mode.upper())}[/], "
-        f"real Crew.kickoff() with a scripted model, {outcome.seconds:.2f}s"
+        f"[bold]authsec-crewai demo[/]: [bold cyan]{escape(outcome.mode.upper())}[/] mode, "
+        f"real Crew.kickoff(), scripted model, {outcome.seconds:.2f}s"
     )
-    log = Table(title=f"Token log ({outcome.mode} mode)", title_justify="left")
-    for column in ("time", "event", "token", "scopes", "detail"):
-        log.add_column(column, overflow="fold")
+    log = Table(
+        title=f"Token log ({outcome.mode} mode, from "
+        f"{datetime.fromtimestamp(started, UTC).strftime('%H:%M:%S')} UTC)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("event", "scope", "token or endpoint"):
+        log.add_column(column, no_wrap=True)
+    log.add_column("outcome", overflow="fold")
     for event in outcome.events:
-        when = datetime.fromtimestamp(event["at"], UTC).strftime("%H:%M:%S")
         name = str(event.get("event", ""))
         fingerprint = event.get("fingerprint")
-        token = f"jwt:{fingerprint}" if fingerprint else "-"
         scopes = event.get("scopes") or event.get("scope") or "-"
         if isinstance(scopes, list):
             scopes = " ".join(scopes)
+        subject = f"jwt:{fingerprint}" if fingerprint else "-"
         if name == "token.issued":
-            expiry = datetime.fromtimestamp(event["at"] + float(event.get("expires_in", 0)), UTC)
-            detail = f"expires {expiry.strftime('%H:%M:%S')}Z (in {event.get('expires_in')}s)"
+            minutes, seconds = divmod(int(event.get("expires_in", 0)), 60)
+            result = f"expires in {minutes}m {seconds:02d}s"
         elif name.startswith("fetch."):
-            outcome_text = "ok" if name == "fetch.ok" else str(event.get("error", name))
-            detail = f"{event.get('endpoint', '')} -> {outcome_text}"
+            subject = str(event.get("endpoint", "-"))
+            result = "ok" if name == "fetch.ok" else str(event.get("error", name))
         else:
-            detail = ""
-        log.add_row(when, name, token, str(scopes), escape(str(detail)))
+            result = ""
+        log.add_row(name, escape(str(scopes)), escape(subject), escape(result))
     console.print(log)
-    tokens = Table(title="Tokens held by the broker", title_justify="left")
-    for column in ("token", "jti", "permissions", "expires at"):
-        tokens.add_column(column, overflow="fold")
-    for held in outcome.tokens:
-        tokens.add_row(
-            f"jwt:{held.fingerprint}",
-            held.jti or "-",
-            " ".join(sorted(held.permissions)),
-            held.expires_at.isoformat(timespec="seconds"),
-        )
-    console.print(tokens)
+    held = Table(title="Tokens held by the broker", title_justify="left", box=None)
+    held.add_column("token", no_wrap=True, style="bold")
+    held.add_column("facts", overflow="fold")
+    for token in outcome.tokens:
+        left = token.expires_in(datetime.now(UTC).timestamp())
+        minutes, seconds = divmod(max(0, int(left)), 60)
+        facts = [
+            f"jti {token.jti or '-'}",
+            f"permissions {' '.join(sorted(token.permissions))}",
+            f"expires {token.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')} "
+            f"(in {minutes}m {seconds:02d}s)",
+        ]
+        held.add_row(f"  jwt:{token.fingerprint}", escape("\n".join(facts)))
+    console.print(held)
     console.print(Panel(escape(outcome.answer), title="The crew's answer", title_align="left"))
 
 

@@ -262,24 +262,55 @@ class DemoRun:
 
 @contextmanager
 def _capture(prefixes: tuple[str, ...]) -> Iterator[list[dict[str, Any]]]:
-    """Collect the library's log events (already redacted) instead of printing them."""
+    """Collect the library's log events (already redacted) for the demo's token log.
+
+    Events also go on to the application's structlog set-up, at its own level
+    (the command line's: standard error, ``AUTHSEC_LOG_LEVEL``). Without one,
+    they are only collected: nothing is printed, and structlog is left
+    unconfigured afterwards, as it was found.
+    """
     events: list[dict[str, Any]] = []
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
+    threshold = _threshold(saved["wrapper_class"]) if was_configured else logging.CRITICAL + 1
 
     def keep(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        if str(event_dict.get("event", "")).startswith(prefixes):
+        level = _METHOD_LEVELS.get(method, logging.INFO)
+        if level >= logging.INFO and str(event_dict.get("event", "")).startswith(prefixes):
             events.append({"at": time.time(), "level": method, **event_dict})
-        raise structlog.DropEvent
+        if level < threshold:
+            raise structlog.DropEvent
+        return event_dict
 
-    saved = structlog.get_config()
     structlog.configure(
-        processors=[keep],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        processors=[keep, *(saved["processors"] if was_configured else [])],
+        wrapper_class=structlog.make_filtering_bound_logger(min(logging.INFO, threshold)),
         cache_logger_on_first_use=False,
     )
     try:
         yield events
     finally:
         structlog.configure(**saved)
+        if not was_configured:
+            structlog.reset_defaults()
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def _threshold(wrapper_class: Any) -> int:
+    """The level below which ``wrapper_class`` (a structlog filtering logger) drops events."""
+    try:
+        return int(wrapper_class.get_effective_level(None))
+    except (AttributeError, TypeError, ValueError):
+        return logging.NOTSET
 
 
 def run_demo(llm: BaseLLM | None = None) -> DemoRun:

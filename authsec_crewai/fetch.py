@@ -37,7 +37,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-from . import errors
+from . import errors, telemetry
 from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from ._urls import check_base_url
 from ._version import __version__
@@ -632,7 +632,13 @@ class SecureFetcher:
         attempts = 1
         while True:
             try:
-                status, headers, body = await self._send(verb, url, pairs, token)
+                status, headers, body = await telemetry.api_call(
+                    self._send(verb, url, pairs, token),
+                    method=verb,
+                    path=path,
+                    token=token,
+                    mode=self.mode,
+                )
                 if status == 401 and attempts == 1:
                     _log.info(
                         "fetch.retry",

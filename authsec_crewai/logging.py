@@ -6,20 +6,27 @@ event (nested containers, exceptions, arbitrary objects' reprs, bytes) and
 masks anything shaped like a JWT or a bearer credential, and the values of
 keys that are named like secrets.
 
-The library's own modules log through :func:`get_logger`. Its loggers put
-``redact_secrets`` into whatever processor chain the application configured,
-resolved at each call, so the guarantee holds even when the application set
-up structlog itself (and never heard of this module), and later
-``structlog.configure`` calls still take effect.
+The library's own modules log through :func:`get_logger`. Where its events go
+is decided at each call, so configuring logging after import works:
 
-Applications may call :func:`configure` for a ready-made console or JSON
-set-up; the library never calls it on its own.
+- structlog not configured (the default): to the stdlib logger of the same
+  name under ``authsec_crewai``, like httpx or botocore. The events follow the
+  application's ``logging`` set-up; with none, Python shows warnings and
+  errors on standard error and nothing else. A library is quiet unless asked.
+- structlog configured by the application: through the application's chain,
+  with ``redact_secrets`` put into it, so the guarantee holds even when the
+  application never heard of this module.
+
+Nothing the library logs goes to standard output on either path. Applications
+may call :func:`configure` for a ready-made console or JSON set-up on
+standard error; the library never calls it on its own.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import json
 import logging
 import re
 import sys
@@ -43,6 +50,7 @@ __all__ = [
     "install_http_log_filter",
     "redact_secrets",
     "redact_value",
+    "render_line",
 ]
 
 REDACTED = "[redacted]"
@@ -364,12 +372,97 @@ def _guarded(processors: Iterable[Processor]) -> list[Processor]:
     return [redact_secrets, *chain[:-1], redact_secrets, chain[-1]]
 
 
-class LibraryLogger:
-    """A lazy structlog logger whose events are always redacted.
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
-    Like structlog's own lazy proxy, it assembles a bound logger from the
-    global configuration at each call (so configuring structlog after import
-    works), but with :func:`redact_secrets` guaranteed in the chain.
+
+def _logfmt_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    if isinstance(value, str | bool | int | float | type(None)):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def render_line(event_dict: Mapping[str, Any]) -> str:
+    """``event key=value ...``, then the exception text on lines of its own.
+
+    The message a stdlib record carries when structlog is not configured: one
+    line that reads well under ``logging``'s default formats.
+    """
+    fields = {k: v for k, v in event_dict.items() if k not in ("event", "exception")}
+    line = " ".join(
+        [str(event_dict.get("event", "")), *(f"{k}={_logfmt_value(v)}" for k, v in fields.items())]
+    )
+    exception = event_dict.get("exception")
+    return f"{line}\n{exception}" if exception else line
+
+
+class _StdlibRoute:
+    """Where events go while structlog is not configured: a stdlib logger.
+
+    The event is redacted (context variables included) and rendered by
+    :func:`render_line`; the redacted fields ride along on the record as
+    ``record.authsec`` for handlers that want them structured. ``exc_info``
+    never reaches the record: ``redact_secrets`` has already turned it into
+    scrubbed text, and a stdlib formatter would print the raw traceback.
+    """
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: Mapping[str, Any]) -> None:
+        self._logger = logger
+        self._context = context
+
+    def _emit(
+        self, method: str, level: int, event: str, args: tuple[Any, ...], kw: Any, depth: int
+    ) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        event_dict: EventDict = structlog.contextvars.merge_contextvars(
+            None, method, {**self._context, **kw, "event": event}
+        )
+        if method == "exception":
+            event_dict.setdefault("exc_info", True)
+        event_dict = redact_secrets(None, method, event_dict)
+        if args:
+            redacted_args = redact_value(args)
+            try:
+                event_dict["event"] = str(event_dict["event"]) % tuple(redacted_args)
+            except (TypeError, ValueError):
+                event_dict["positional_args"] = list(redacted_args)
+        # stacklevel: the record names the library's call site, not this module.
+        self._logger.log(
+            level, render_line(event_dict), extra={"authsec": event_dict}, stacklevel=depth
+        )
+
+    def log(self, level: int, event: str, *args: Any, **kw: Any) -> None:
+        name = logging.getLevelName(level)
+        self._emit(name.lower() if isinstance(name, str) else "info", level, event, args, kw, 3)
+
+    def __getattr__(self, name: str) -> Any:
+        level = _LEVELS.get(name)
+        if level is None:
+            raise AttributeError(name)
+        return lambda event, *args, **kw: self._emit(name, level, event, args, kw, 4)
+
+
+class LibraryLogger:
+    """A lazy logger whose events are always redacted.
+
+    Like structlog's own lazy proxy, it decides at each call where the event
+    goes (so configuring logging after import works): to the stdlib logger
+    named ``name`` while structlog is not configured, else through the
+    application's structlog chain with :func:`redact_secrets` guaranteed in it.
     """
 
     __slots__ = ("_context", "_name")
@@ -382,6 +475,8 @@ class LibraryLogger:
         return f"LibraryLogger({self._name!r}, context={sorted(self._context)!r})"
 
     def _resolve(self) -> Any:
+        if not structlog.is_configured():
+            return _StdlibRoute(logging.getLogger(self._name), self._context)
         config = structlog.get_config()
         factory = config["logger_factory"]
         return config["wrapper_class"](

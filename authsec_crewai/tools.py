@@ -33,25 +33,32 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
 import httpx
 from crewai.tools import BaseTool, EnvVar
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr
 
 from . import errors
 from ._brokerthread import BrokerThread
 from .broker import TokenBroker
-from .fetch import OK_PREFIX, ParamsLike, SecureFetcher, error_result, render_result
+from .fetch import OK_PREFIX, ParamsLike, SecureFetcher
 from .logging import get_logger
 from .settings import AuthSecSettings, env_var
 from .sync import SyncTokenBroker
+from .toolspec import (
+    DEFAULT_TOOL_NAME,
+    QueryParam,
+    SecureFetchArgs,
+    describe_tool,
+    failure_text,
+    fetch_text,
+)
 from .wiring import build_broker, build_fetcher, client_id_for, refresh_policy
 
 if TYPE_CHECKING:
-    from .fetch import FetchResult
     from .transports.base import Transport
 
 __all__ = [
@@ -66,90 +73,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_TOOL_NAME = "authsec_secure_vault_fetcher"
-"""The name the authsec-crewai 0.1 tool had, so existing prompts and crews keep working."""
-
 _log = get_logger("authsec_crewai.tools")
-
-
-# --- the arguments the model fills in -----------------------------------------------------------
-
-
-class QueryParam(BaseModel):
-    """One query parameter.
-
-    A list of name/value objects rather than a free-form object, because
-    strict function-calling schemas (OpenAI ``strict: true``) cannot express an
-    object with arbitrary keys: a model would only ever be able to send ``{}``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Parameter name, e.g. 'page'.")
-    value: str = Field(description="Parameter value, as text, e.g. '2'.")
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _scalar_to_text(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return str(value)
-        return value
-
-
-class SecureFetchArgs(BaseModel):
-    """The tool's arguments, as the model sees them."""
-
-    endpoint: str = Field(
-        description="Path relative to the protected API, e.g. 'secure-vault/records'. "
-        "Never a full URL or host; no '..', '?', '#' or percent-escapes."
-    )
-    scope: str = Field(
-        description="The permission this call needs, shaped 'resource:action', "
-        "e.g. 'read:records' or 'read:metrics'."
-    )
-    params: list[QueryParam] | None = Field(
-        default=None,
-        description="Optional query parameters, e.g. [{'name': 'page', 'value': '2'}].",
-    )
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _object_to_pairs(cls, value: Any) -> Any:
-        """Accept ``{"page": "2"}`` too: people (and ReAct models) write it that way."""
-        if isinstance(value, Mapping):
-            return [{"name": key, "value": item} for key, item in value.items()]
-        return value
-
-
-def describe_tool(settings: AuthSecSettings) -> str:
-    """The description the model reads: what endpoints and scopes look like, and the result.
-
-    Configured allowlists are spelled out, so a model does not have to learn
-    them by being refused.
-    """
-    lines = [
-        "Fetches data from the AuthSec-protected API with a short-lived delegation token "
-        "limited to the scope of this call, and returns the API's JSON answer.",
-        "endpoint: a path relative to the API, e.g. 'secure-vault/records' or "
-        "'secure-vault/metrics'; never a full URL or host name, and no '..', '?', '#' or "
-        "percent-escapes.",
-        "scope: the one permission the call needs, shaped 'resource:action', e.g. "
-        "'read:records' for secure-vault/records and 'read:metrics' for secure-vault/metrics.",
-        "params: optional query parameters, a list of {name, value}.",
-        'The result is JSON: {"status": "ok", "endpoint": ..., "scope": ..., "data": ...} or '
-        '{"status": "error", "error": <kind>, "message": ..., "retryable": true|false}. '
-        'Read the message; do not repeat a call whose error has "retryable": false.',
-    ]
-    if settings.allowed_endpoints is not None:
-        prefixes = ", ".join(repr(p) for p in settings.allowed_endpoints) or "none"
-        lines.append(f"Allowed endpoint prefixes: {prefixes}.")
-    if settings.allowed_scopes is not None:
-        lines.append(f"Allowed scopes: {', '.join(settings.allowed_scopes) or 'none'}.")
-    if settings.allowed_methods != ["GET"]:
-        lines.append(f"Allowed methods: {', '.join(settings.allowed_methods)}.")
-    return "\n".join(lines)
 
 
 def _env_vars() -> list[EnvVar]:
@@ -354,6 +278,17 @@ class _Binding:
         )
 
 
+def _check_cassette(settings: AuthSecSettings) -> None:
+    """Replay needs its cassette: without it, every call of the crew would fail."""
+    cassette = settings.cassette
+    if settings.resolved_mode == "replay" and cassette is not None and not cassette.is_file():
+        raise errors.ConfigurationError(
+            f"AUTHSEC_CASSETTE={cassette} does not exist, so AUTHSEC_MODE=replay has nothing "
+            f"to replay; record it first: authsec-crewai record -o {cassette} -- python "
+            "your_crew.py"
+        )
+
+
 # --- the tools ----------------------------------------------------------------------------------
 
 
@@ -392,6 +327,8 @@ class _SecureFetchTool(BaseTool):
             raise errors.ConfigurationError("pass broker= or transport=, not both")
         # A broken configuration fails here, not mid-crew: settings validate at construction.
         resolved = settings if settings is not None else AuthSecSettings()
+        if broker is None and transport is None:
+            _check_cassette(resolved)
         if not data.get("description"):
             data["description"] = describe_tool(resolved)
         data.setdefault("cache_function", cache_successes)
@@ -408,28 +345,18 @@ class _SecureFetchTool(BaseTool):
         """The (shared) broker this tool gets its tokens from; starts it if needed."""
         return self._binding.get()[0].broker
 
-    def _fetch_call(
-        self, endpoint: str, scope: str, params: ParamsLike
-    ) -> tuple[BrokerThread, Callable[[], Awaitable[FetchResult]]]:
-        runtime, fetcher = self._binding.get()
-        return runtime, functools.partial(fetcher.fetch, endpoint, scope, params=params)
-
-    def _failure(self, exc: Exception) -> str:
-        if not isinstance(exc, errors.AuthSecError):
-            _log.error("tools.unexpected_error", tool=self.name, exc_info=exc)
-        return render_result(error_result(exc))
-
     def _run(self, endpoint: str, scope: str, params: ParamsLike = None) -> str:
         """Fetch synchronously; safe from any thread, also one running an event loop.
 
         Returns the result as JSON text; failures are returned, not raised.
         """
         try:
-            runtime, call = self._fetch_call(endpoint, scope, params)
-            result = runtime.call(call)
-        except Exception as exc:
-            return self._failure(exc)
-        return render_result(result.to_dict())
+            runtime, fetcher = self._binding.get()
+            return runtime.call(
+                functools.partial(fetch_text, fetcher, endpoint, scope, params, tool=self.name)
+            )
+        except Exception as exc:  # the runtime itself failed (closed, interrupted)
+            return failure_text(exc, tool=self.name)
 
 
 class AuthSecSecureFetchTool(_SecureFetchTool):
@@ -477,7 +404,6 @@ class AsyncAuthSecSecureFetchTool(_SecureFetchTool):
         """Fetch asynchronously; returns the result as JSON text, failures included."""
         try:
             fetcher = self._binding.fetcher_on_this_loop()
-            result = await fetcher.fetch(endpoint, scope, params=params)
         except Exception as exc:
-            return self._failure(exc)
-        return render_result(result.to_dict())
+            return failure_text(exc, tool=self.name)
+        return await fetch_text(fetcher, endpoint, scope, params, tool=self.name)

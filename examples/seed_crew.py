@@ -16,11 +16,20 @@ default ``gpt-4o-mini``), otherwise the scripted offline model of
 ``authsec-crewai demo``, so this file runs anywhere::
 
     python examples/seed_crew.py
+
+CrewAI's anonymous telemetry and trace upload are off unless you turn them on
+(``CREWAI_DISABLE_TELEMETRY=false``, ``CREWAI_TRACING_ENABLED=true``): offline,
+they would hold the program for many seconds after its answer, trying to
+reach their servers.
 """
 
 from __future__ import annotations
 
 import os
+
+# Read by crewai when it is imported, so set before the import below.
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
 from crewai import LLM, Agent, BaseLLM, Crew, Task
 

@@ -28,9 +28,11 @@ def structlog_restored() -> Iterator[None]:
     """Every test leaves structlog as it found it: the CLI and the examples configure
     it globally, as an application should, and a later test capturing logs must not
     inherit that."""
-    saved = structlog.get_config()
+    was_configured, saved = structlog.is_configured(), structlog.get_config()
     yield
     structlog.configure(**saved)
+    if not was_configured:  # the library's events go back to stdlib logging
+        structlog.reset_defaults()
 
 
 @pytest.fixture

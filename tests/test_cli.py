@@ -87,6 +87,33 @@ def test_token_json_in_mock_mode() -> None:
     assert "eyJ" not in result.output
 
 
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_authsec_log_level_shows_log_lines_on_stderr_and_stdout_stays_data(
+    log_format: str,
+) -> None:
+    env = {"AUTHSEC_MODE": "mock", "AUTHSEC_LOG_LEVEL": "debug", "AUTHSEC_LOG_FORMAT": log_format}
+    result = _run("token", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)  # nothing but the command's JSON
+    assert "token.issued" in result.stderr and "token.refresh.start" in result.stderr
+    assert facts["fingerprint"] in result.stderr
+    if log_format == "json":
+        events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+        assert "token.issued" in events
+    assert "eyJ" not in result.output
+
+
+def test_without_authsec_log_level_the_cli_logs_only_errors() -> None:
+    result = _run("token", "--json", env={"AUTHSEC_MODE": "mock"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+def test_a_bad_authsec_log_level_is_one_line_and_exit_2() -> None:
+    result = _run("token", env={"AUTHSEC_MODE": "mock", "AUTHSEC_LOG_LEVEL": "LOUD"})
+    _assert_one_line_failure(result, 2, "AUTHSEC_LOG_LEVEL", "LOUD")
+
+
 def _live_env(server: MockServer, client_id: str) -> dict[str, str]:
     return {
         "AUTHSEC_MODE": "live",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -151,6 +152,25 @@ def test_the_demo_command_runs_a_crew_offline() -> None:
     assert not (Path.cwd() / ".crewai").exists()
 
 
+def test_the_demo_reads_well_at_80_columns_with_identifiers_whole() -> None:
+    result = CliRunner().invoke(
+        main, ["demo"], env={"COLUMNS": "80", "AUTHSEC_LOG_LEVEL": "INFO"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    jtis = re.findall(r"jti ([0-9a-f-]{36})\b", result.stdout)
+    assert jtis, result.stdout  # each held token's jti, whole on one line
+    for jti in jtis:
+        assert f"jti={jti}" in result.stderr  # and the same id is in the log lines
+    for endpoint in ("secure-vault/records", "secure-vault/metrics", "secure-vault/audit-log"):
+        assert any(endpoint in line and "fetch." in line for line in lines), endpoint
+    assert any("Crew.kickoff()" in line and re.search(r"\d\.\d\ds", line) for line in lines)
+    # AUTHSEC_LOG_LEVEL=INFO: the library's lines, on stderr only
+    assert "token.issued" in result.stderr and "fingerprint=" in result.stderr
+    assert "eyJ" not in result.output
+
+
 def _load_example(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
@@ -192,3 +212,34 @@ def test_async_app_example_runs_as_a_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "secure-vault/records: ok" in done.stdout
+
+
+def test_seed_crew_example_makes_no_network_attempt_offline(tmp_path: Path) -> None:
+    """Offline, CrewAI's telemetry held the program for 10-15 s after its answer, trying
+    to reach its servers. Run as a user would (no CrewAI variable set), with every
+    connection refused and reported: the example must not try at all."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTHSEC_", "CREWAI_", "OTEL_", "OPENAI_"))
+    }
+    env["AUTHSEC_MODE"] = "mock"
+    runner = (
+        "import runpy, sys\n"
+        "from authsec_crewai.testing import block_network\n"
+        "with block_network('the example runs offline') as attempts:\n"
+        f"    runpy.run_path({str(EXAMPLES / 'seed_crew.py')!r}, run_name='__main__')\n"
+        "print('ATTEMPTS', attempts)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", runner],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 people on file" in done.stdout
+    assert "ATTEMPTS []" in done.stdout, done.stdout[-2000:]

@@ -6,6 +6,9 @@ import base64
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -281,10 +284,23 @@ def test_control_rich_tracebacks_print_locals() -> None:
     assert "_fail_with_local_secret" in buf.getvalue()  # the traceback itself is kept
 
 
-def test_structlog_defaults_without_any_configuration(capfd: pytest.CaptureFixture[str]) -> None:
+def test_without_structlog_configuration_events_go_to_stdlib_logging_redacted(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="authsec_crewai")
     emit_corpus(get_logger("authsec_crewai.test"))
     out, err = capfd.readouterr()
-    assert_clean(out + err)
+    assert out == ""
+    records = [r for r in caplog.records if r.name == "authsec_crewai.test"]
+    assert len(records) == len(EVENTS)
+    structured = json.dumps([r.authsec for r in records], default=str)  # type: ignore[attr-defined]
+    assert_clean(caplog.text + err + structured)
+    assert all(r.exc_info is None for r in records)  # raw tracebacks never reach a handler
+    assert records[-1].levelno == logging.WARNING
+    assert records[-1].getMessage() == (
+        'ev-safe fingerprint=0123456789ab jti=j-1 scopes=["read:records"]'
+    )
+    assert records[-1].funcName == "emit_corpus"  # the call site, not the logging module
 
 
 def test_stdlib_logging_integration() -> None:
@@ -507,3 +523,59 @@ def test_a_processor_placed_after_the_renderer_scrubs_the_string() -> None:
 
 def test_fingerprint_matches_the_token_helper() -> None:
     assert mask_jwt(JWT) == f"jwt:{fingerprint(JWT)}"
+
+
+# --- a library is quiet: a fresh process with no logging configuration -----------------------
+
+_LIBRARY_USE = """
+import logging, sys
+import anyio
+from authsec_crewai import AuthSecSettings, SecureFetcher
+from authsec_crewai import build_broker, build_fetcher
+
+if sys.argv[1:] == ["basic"]:
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+async def main():
+    settings = AuthSecSettings()  # auto mode, nothing set: mock, with a warning
+    async with build_broker(settings) as broker:
+        token = await broker.token("read:records")
+        await build_fetcher(broker, settings).fetch("secure-vault/records", "read:records")
+        broker.invalidate(token)
+        return token
+
+token = anyio.run(main)
+sys.stderr.write("VALUE:" + token.value + "\\n")
+"""
+
+
+def _run_library(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSEC_", "PYTHON"))}
+    return subprocess.run(
+        [sys.executable, "-c", _LIBRARY_USE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_a_library_user_with_no_logging_set_up_sees_nothing_on_stdout() -> None:
+    done = _run_library()
+    assert done.stdout == ""
+    # Python's last-resort handler: warnings and errors on stderr, nothing below.
+    assert "settings.mode.auto_mock" in done.stderr
+    for quiet in ("token.issued", "token.invalidated", "fetch.ok", "token.refresh"):
+        assert quiet not in done.stderr
+
+
+def test_the_applications_logging_set_up_decides_and_lines_stay_redacted() -> None:
+    done = _run_library("basic")
+    assert done.stdout == ""
+    value = done.stderr.rsplit("VALUE:", 1)[1].strip()
+    logged = done.stderr.rsplit("VALUE:", 1)[0]
+    assert value.startswith("eyJ") and value not in logged
+    for line in ("INFO:authsec_crewai.broker:token.issued", "INFO:authsec_crewai.fetch:fetch.ok"):
+        assert line in logged
+    assert f"fingerprint={fingerprint(value)}" in logged

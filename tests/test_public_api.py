@@ -25,6 +25,12 @@ PUBLIC_MODULES = [
     "authsec_crewai.fetch",
     "authsec_crewai.testing",
     "authsec_crewai.cassettes",
+    "authsec_crewai.auth",
+    "authsec_crewai.telemetry",
+    "authsec_crewai.toolspec",
+    "authsec_crewai.integrations.langchain",
+    "authsec_crewai.integrations.pydantic_ai",
+    "authsec_crewai.integrations.openai_agents",
 ]
 
 

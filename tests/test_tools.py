@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -139,6 +140,20 @@ def test_a_broken_configuration_fails_at_construction(monkeypatch: pytest.Monkey
         AuthSecSecureFetchTool()
     monkeypatch.setenv("AUTHSEC_MODE", "mock")
     assert AuthSecSecureFetchTool().settings.resolved_mode == "mock"
+
+
+@pytest.mark.parametrize("tool_cls", [AuthSecSecureFetchTool, AsyncAuthSecSecureFetchTool])
+def test_a_replay_tool_without_its_cassette_fails_at_construction(
+    tool_cls: type[AuthSecSecureFetchTool], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "cassettes" / "briefing.json"
+    monkeypatch.setenv("AUTHSEC_MODE", "replay")
+    monkeypatch.setenv("AUTHSEC_CASSETTE", str(missing))
+    with pytest.raises(errors.ConfigurationError, match="does not exist") as caught:
+        tool_cls()
+    assert str(missing) in str(caught.value) and "authsec-crewai record" in str(caught.value)
+    with pytest.raises(errors.ConfigurationError, match="does not exist"):
+        tool_cls(settings=AuthSecSettings(mode="replay", cassette=missing))
 
 
 def test_closing_shared_brokers_stops_their_threads_and_tools_recover() -> None:

@@ -1,0 +1,353 @@
+"""The LangChain, PydanticAI and OpenAI Agents adapters, each driven by its real framework
+with a scripted model, offline. Every call of one corpus (successes, each guard's
+refusal, an API error) must come back exactly as the CrewAI tool answers it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fixtures)
+
+from authsec_crewai.broker import TokenBroker
+from authsec_crewai.fetch import SecureFetcher
+from authsec_crewai.settings import AuthSecSettings
+from authsec_crewai.tools import AuthSecSecureFetchTool
+from authsec_crewai.toolspec import DEFAULT_TOOL_NAME
+from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.wiring import build_fetcher
+
+CLIENT_ID = "6f1c2b9e-2f4d-4c1a-9a57-3d0f5b8e7a21"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: LangChain, PydanticAI and the Agents SDK run on asyncio (under trio
+    they fail inside the framework, on asyncio.gather and get_running_loop). The broker
+    and fetcher under them are tested on both backends elsewhere."""
+    return "asyncio"
+
+
+CALLS: list[tuple[str, str, list[dict[str, str]] | None]] = [
+    ("secure-vault/records", "read:records", None),
+    ("secure-vault/metrics", "read:metrics", [{"name": "page", "value": "2"}]),
+    ("https://evil.example/secure-vault/records", "read:records", None),  # endpoint guard
+    ("secure-vault/../admin", "read:records", None),  # traversal
+    ("secure-vault/records", "write:records", None),  # not in the scope allowlist
+    ("secure-vault/audit-log", "read:audit", None),  # allowed, but not delegated
+    ("secure-vault/nowhere", "read:records", None),  # the API's own 404
+]
+EXPECTED_KINDS = [
+    None,
+    None,
+    "endpoint_refused",
+    "endpoint_refused",
+    "scope_refused",
+    "insufficient_scope",
+    "api_error",
+]
+
+
+def settings() -> AuthSecSettings:
+    return AuthSecSettings(
+        mode="mock",
+        client_id=CLIENT_ID,
+        allowed_scopes=["read:records", "read:metrics", "read:audit"],
+    )
+
+
+def args_of(call: tuple[str, str, list[dict[str, str]] | None]) -> dict[str, Any]:
+    endpoint, scope, params = call
+    return {"endpoint": endpoint, "scope": scope, "params": params}
+
+
+@pytest.fixture(scope="module")
+def crewai_answers() -> list[dict[str, Any]]:
+    """What the CrewAI tool answers to each call: the reference."""
+    tool = AuthSecSecureFetchTool(settings=settings(), transport=MockTransport())
+    try:
+        return [json.loads(tool._run(**args_of(call))) for call in CALLS]
+    finally:
+        from authsec_crewai.tools import close_shared_brokers
+
+        close_shared_brokers()
+
+
+@asynccontextmanager
+async def mock_fetcher() -> AsyncIterator[SecureFetcher]:
+    configured = settings()
+    async with TokenBroker(MockTransport(), client_id=CLIENT_ID) as broker:
+        yield build_fetcher(broker, configured)
+
+
+def assert_same_as_crewai(texts: list[str], reference: list[dict[str, Any]]) -> None:
+    answers = [json.loads(text) for text in texts]
+    assert [a.get("error") for a in answers] == EXPECTED_KINDS
+    assert answers == reference
+    assert answers[0]["data"]["count"] == 6
+    assert not any("eyJ" in text for text in texts)
+
+
+# --- LangChain -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_langchain_tool_calls_answer_as_the_crewai_tool(
+    crewai_answers: list[dict[str, Any]],
+) -> None:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from authsec_crewai.integrations.langchain import secure_fetch_tool
+
+    calls = [
+        {"name": DEFAULT_TOOL_NAME, "args": args_of(call), "id": f"call_{i}", "type": "tool_call"}
+        for i, call in enumerate(CALLS)
+    ]
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage(content="", tool_calls=calls), AIMessage(content="done")])
+    )
+    async with mock_fetcher() as fetcher:
+        tool = secure_fetch_tool(fetcher)
+        assert "Allowed scopes: read:audit, read:metrics, read:records." in tool.description
+        conversation: list[Any] = [HumanMessage("Brief me on the vault")]
+        asked = await model.ainvoke(conversation)
+        conversation.append(asked)
+        for call in asked.tool_calls:
+            conversation.append(await tool.ainvoke(call))  # LangChain's tool-call protocol
+        conversation.append(await model.ainvoke(conversation))
+    results = [m for m in conversation if isinstance(m, ToolMessage)]
+    assert [m.tool_call_id for m in results] == [c["id"] for c in calls]
+    assert_same_as_crewai([str(m.content) for m in results], crewai_answers)
+    assert conversation[-1].content == "done"
+
+
+@pytest.mark.anyio
+async def test_langchain_tool_is_async_only_and_says_so() -> None:
+    from authsec_crewai.integrations.langchain import secure_fetch_tool
+
+    async with mock_fetcher() as fetcher:
+        tool = secure_fetch_tool(fetcher, name="vault")
+        with pytest.raises(NotImplementedError, match="sync"):
+            tool.invoke(args_of(CALLS[0]))
+        assert tool.name == "vault"
+        assert set(tool.args) == {"endpoint", "scope", "params"}
+
+
+# --- PydanticAI -------------------------------------------------------------------------------
+
+
+def pydantic_ai_script(seen: dict[str, Any]) -> Callable[..., Any]:
+    """A FunctionModel function: every corpus call in one turn, then a summary."""
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+
+    def respond(messages: list[Any], info: Any) -> ModelResponse:
+        returns = [
+            part
+            for message in messages
+            for part in getattr(message, "parts", [])
+            if isinstance(part, ToolReturnPart)
+        ]
+        if not returns:
+            seen["tools"] = info.function_tools
+            return ModelResponse(
+                parts=[
+                    ToolCallPart(DEFAULT_TOOL_NAME, args_of(call), tool_call_id=f"call_{i}")
+                    for i, call in enumerate(CALLS)
+                ]
+            )
+        seen["returns"] = sorted(returns, key=lambda part: int(part.tool_call_id[5:]))
+        return ModelResponse(parts=[TextPart(f"{len(returns)} results")])
+
+    return respond
+
+
+@pytest.mark.anyio
+async def test_pydantic_ai_tool_takes_the_fetcher_from_the_agents_deps(
+    crewai_answers: list[dict[str, Any]],
+) -> None:
+    from dataclasses import dataclass
+
+    from pydantic_ai import Agent
+    from pydantic_ai.models.function import FunctionModel
+
+    from authsec_crewai.integrations.pydantic_ai import secure_fetch_tool
+
+    @dataclass
+    class Deps:
+        fetcher: SecureFetcher
+
+    seen: dict[str, Any] = {}
+    agent = Agent(
+        FunctionModel(pydantic_ai_script(seen)), deps_type=Deps, tools=[secure_fetch_tool()]
+    )
+    async with mock_fetcher() as fetcher:
+        result = await agent.run("Brief me on the vault", deps=Deps(fetcher))
+    assert result.output == f"{len(CALLS)} results"
+    (definition,) = seen["tools"]
+    assert definition.name == DEFAULT_TOOL_NAME
+    assert "Allowed scopes: read:audit, read:metrics, read:records." in definition.description
+    assert set(definition.parameters_json_schema["properties"]) == {"endpoint", "scope", "params"}
+    assert_same_as_crewai([str(part.content) for part in seen["returns"]], crewai_answers)
+
+
+@pytest.mark.anyio
+async def test_pydantic_ai_tool_without_a_fetcher_in_deps_is_a_clear_error() -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from authsec_crewai import errors
+    from authsec_crewai.integrations.pydantic_ai import secure_fetch_tool
+
+    agent = Agent(TestModel(), deps_type=dict, tools=[secure_fetch_tool()])
+    with pytest.raises(errors.ConfigurationError, match="SecureFetcher"):
+        await agent.run("hello", deps={})
+
+
+@pytest.mark.anyio
+async def test_pydantic_ai_test_model_calls_the_tool_through_the_deps() -> None:
+    """PydanticAI's own TestModel fills in arguments from the schema: a guarded refusal."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from authsec_crewai.integrations.pydantic_ai import secure_fetch_tool
+
+    agent = Agent(TestModel(), deps_type=SecureFetcher, tools=[secure_fetch_tool()])
+    async with mock_fetcher() as fetcher:
+        result = await agent.run("hello", deps=fetcher)
+    answer = json.loads(json.loads(result.output)[DEFAULT_TOOL_NAME])
+    assert answer["status"] == "error" and answer["error"] in ("endpoint_refused", "scope_refused")
+
+
+# --- OpenAI Agents SDK --------------------------------------------------------------------------
+
+
+def openai_agents_model(seen: dict[str, Any]) -> Any:
+    from agents.items import ModelResponse
+    from agents.models.interface import Model
+    from agents.usage import Usage
+    from openai.types.responses import (
+        ResponseFunctionToolCall,
+        ResponseOutputMessage,
+        ResponseOutputText,
+    )
+
+    class ScriptedModel(Model):
+        """Every corpus call in one turn, then a summary of the outputs it was given."""
+
+        async def get_response(
+            self, system_instructions: Any, input: Any, *args: Any, **kw: Any
+        ) -> ModelResponse:
+            items = input if isinstance(input, list) else []
+            outputs = [
+                i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"
+            ]
+            if not outputs:
+                seen["tools"] = args[2] if len(args) > 2 else kw.get("tools")
+                calls: list[Any] = [
+                    ResponseFunctionToolCall(
+                        id=f"fc_{i}",
+                        call_id=f"call_{i}",
+                        name=DEFAULT_TOOL_NAME,
+                        arguments=json.dumps(args_of(call)),
+                        type="function_call",
+                    )
+                    for i, call in enumerate(CALLS)
+                ]
+                return ModelResponse(output=calls, usage=Usage(), response_id=None)
+            seen["outputs"] = sorted(outputs, key=lambda o: int(o["call_id"][5:]))
+            text = ResponseOutputText(
+                text=f"{len(outputs)} results", type="output_text", annotations=[]
+            )
+            message = ResponseOutputMessage(
+                id="msg_1", role="assistant", status="completed", type="message", content=[text]
+            )
+            return ModelResponse(output=[message], usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kw: Any) -> Any:
+            raise NotImplementedError
+
+    return ScriptedModel()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("from_context", [False, True], ids=["fixed", "from-context"])
+async def test_openai_agents_function_tool_answers_as_the_crewai_tool(
+    crewai_answers: list[dict[str, Any]], from_context: bool
+) -> None:
+    from agents import Agent, RunConfig, Runner
+
+    from authsec_crewai.integrations.openai_agents import secure_fetch_tool
+
+    seen: dict[str, Any] = {}
+    async with mock_fetcher() as fetcher:
+        tool = secure_fetch_tool() if from_context else secure_fetch_tool(fetcher)
+        agent = Agent(name="analyst", model=openai_agents_model(seen), tools=[tool])
+        result = await Runner.run(
+            agent,
+            "Brief me on the vault",
+            context=fetcher if from_context else None,
+            run_config=RunConfig(tracing_disabled=True),
+        )
+    assert result.final_output == f"{len(CALLS)} results"
+    assert tool.name == DEFAULT_TOOL_NAME
+    assert set(tool.params_json_schema["properties"]) == {"endpoint", "scope", "params"}
+    assert_same_as_crewai([o["output"] for o in seen["outputs"]], crewai_answers)
+
+
+@pytest.mark.anyio
+async def test_openai_agents_run_without_a_fetcher_fails_clearly() -> None:
+    from agents import Agent, RunConfig, Runner
+
+    from authsec_crewai import errors
+    from authsec_crewai.integrations.openai_agents import secure_fetch_tool
+
+    agent = Agent(name="analyst", model=openai_agents_model({}), tools=[secure_fetch_tool()])
+    with pytest.raises(Exception, match="SecureFetcher") as caught:
+        await Runner.run(agent, "hi", run_config=RunConfig(tracing_disabled=True))
+    chain = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert any(isinstance(e, errors.ConfigurationError) for e in chain)
+
+
+def test_importing_the_library_loads_no_framework() -> None:
+    script = (
+        "import sys, authsec_crewai, authsec_crewai.toolspec, authsec_crewai.integrations\n"
+        "print(sorted(m for m in ('crewai', 'langchain_core', 'pydantic_ai', 'agents') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# --- the examples, as a user runs them ----------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("example", ["langchain_tool", "pydantic_ai_agent", "openai_agents_tool"])
+def test_each_framework_example_runs_offline_as_a_script(example: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSEC_", "OPENAI_"))}
+    env["AUTHSEC_MODE"] = "mock"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{example}.py")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["secure-vault/records: ok", "secure-vault/metrics: ok"], done.stdout
+    assert "insufficient_scope" in lines[2]
+    assert "eyJ" not in done.stdout + done.stderr
