@@ -196,11 +196,16 @@ class BrokerThread:
 
         It runs as a loop callback, so it must never raise (trio would abort).
         """
+        if self._tg is None:
+            self._finish(job, error=errors.BrokerClosedError(_CLOSED))
+            return
+        # Made here so it can be closed if refused: trio creates the coroutine before
+        # it refuses, which would leave a "never awaited" warning behind.
+        run = self._run_job(job)
         try:
-            if self._tg is None:
-                raise RuntimeError(_CLOSED)
-            self._tg.start_soon(self._run_job, job)
+            self._tg.start_soon(lambda: run)
         except RuntimeError:  # the task group is closing to new tasks
+            run.close()
             self._finish(job, error=errors.BrokerClosedError(_CLOSED))
 
     async def _run_job(self, job: _Job) -> None:
