@@ -65,9 +65,32 @@ class ConfigurationFailed(CommandFailed):
 
 def _one_line(message: str) -> str:
     """Multi-line messages (settings list every bad variable) joined into one line,
-    and anything shaped like a token masked, whatever raised it."""
+    anything shaped like a token masked and control characters shown escaped,
+    whatever raised it."""
     parts = [part.strip() for part in str(message).splitlines() if part.strip()]
-    return redact_text("; ".join(parts).replace(":;", ":")) or "unknown error"
+    return _escaped(redact_text("; ".join(parts).replace(":;", ":"))) or "unknown error"
+
+
+def _escaped(text: object) -> str:
+    """``text`` with every control or invisible character shown as an escape.
+
+    Cassettes, servers and agents supply text this command prints; printed raw,
+    an escape sequence in it could clear the screen, set the terminal's title
+    or hide what follows it.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+def _cell(text: object) -> str:
+    """Text for a rich table: control characters escaped, rich markup inert."""
+    from rich.markup import escape
+
+    return escape(_escaped(text))
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -190,7 +213,6 @@ def _print_token(facts: dict[str, Any], seconds_left: float) -> None:
     """Aligned ``name  value`` lines; values are never cut or folded (a SPIFFE id
     is longer than most terminals), the terminal wraps them if it must."""
     from rich.console import Console
-    from rich.markup import escape
 
     minutes, seconds = divmod(max(0, int(seconds_left)), 60)
     rows = [
@@ -207,7 +229,7 @@ def _print_token(facts: dict[str, Any], seconds_left: float) -> None:
     ]
     console = Console(highlight=False, soft_wrap=True)
     for name, value in rows:
-        console.print(f"[bold cyan]{name:<12}[/] {escape(str(value))}")
+        console.print(f"[bold cyan]{name:<12}[/] {_cell(value)}")  # server-supplied text
 
 
 # --- serve-mock --------------------------------------------------------------------------------
@@ -487,8 +509,8 @@ def cassette_show(file: Path) -> None:
     settings = recorded.settings
     console = Console(highlight=False, soft_wrap=False)
     console.print(
-        f"[bold]{file}[/]: cassette format {recorded.version}, recorded "
-        f"{iso_utc(recorded.recorded_at)} from {settings.get('mode') or '?'} "
+        f"[bold]{_cell(file)}[/]: cassette format {recorded.version}, recorded "
+        f"{iso_utc(recorded.recorded_at)} from {_cell(settings.get('mode') or '?')} "
         f"({', '.join(f'{n} {kind}' for kind, n in recorded.counts().items())})",
         soft_wrap=True,
     )
@@ -502,8 +524,8 @@ def cassette_show(file: Path) -> None:
             str(index),
             f"{item['offset']:.3f}s",
             item["kind"],
-            describe(item["kind"], item["request"]),
-            _answer_summary(item),
+            _cell(describe(item["kind"], item["request"])),
+            _cell(_answer_summary(item)),
         )
     console.print(table)
 
@@ -571,13 +593,16 @@ def cassette_verify(files: tuple[Path, ...], secrets: tuple[str, ...]) -> None:
             continue
         findings = find_secrets(recorded.document, secrets=checked)
         for finding in findings[:20]:
-            click.echo(f"error: cassette {file}: {finding}", err=True)
+            click.echo(f"error: cassette {_escaped(file)}: {_escaped(finding)}", err=True)
         if len(findings) > 20:
             click.echo(f"error: cassette {file}: ... and {len(findings) - 20} more", err=True)
         if findings:
             failed = True
         else:
-            click.echo(f"ok: {file}: {len(recorded.interactions)} interaction(s), no secret found")
+            click.echo(
+                f"ok: {_escaped(file)}: {len(recorded.interactions)} interaction(s), "
+                "no secret found"
+            )
     if failed:
         raise click.exceptions.Exit(EXIT_FAILURE)
 

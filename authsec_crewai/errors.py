@@ -18,6 +18,7 @@ __all__ = [
     "CassetteError",
     "ConfigurationError",
     "DelegationExpiredError",
+    "EndpointNotFoundError",
     "EndpointRefusedError",
     "FetchError",
     "InsufficientScopeError",
@@ -34,6 +35,7 @@ __all__ = [
     "TokenVerificationError",
     "TransportError",
     "TransportTimeoutError",
+    "UnreachableError",
 ]
 
 
@@ -79,6 +81,15 @@ class TransportTimeoutError(TransportError):
     kind = "timeout"
 
 
+class UnreachableError(TransportError):
+    """The AuthSec host name does not resolve, or a host that never answered refused
+    the connection: a configuration mistake far more often than an outage, so it
+    is reported at once instead of retried for the whole budget."""
+
+    kind = "unreachable"
+    retryable = False
+
+
 class RateLimitedError(TransportError):
     """The AuthSec server answered 429 (rate limited)."""
 
@@ -112,6 +123,18 @@ class NotDelegatedError(TokenError):
     """The server answered 404: no active delegation (never delegated, or revoked)."""
 
     kind = "not_delegated"
+    terminal = True
+
+
+class EndpointNotFoundError(TokenError, ConfigurationError):
+    """The token endpoint answered 404 without AuthSec's JSON error body: the URL is
+    wrong (a typo in ``AUTHSEC_BASE_URL``, a proxy in the way), not the delegation.
+
+    Terminal all the same: a 404 cannot prove the delegation still stands, so
+    cached tokens are dropped (fail closed) until a token endpoint answers again.
+    """
+
+    kind = "endpoint_not_found"
     terminal = True
 
 

@@ -38,11 +38,11 @@ import anyio.lowlevel
 import httpx
 
 from . import errors, telemetry
-from ._capped import BodyTooLarge, read_capped
+from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from ._urls import check_base_url
 from ._version import __version__
 from .logging import get_logger
-from .redact import mask_jwt, redact_text
+from .redact import redact_text, scrub_secrets, scrub_value
 from .token import canonical_scopes
 
 if TYPE_CHECKING:
@@ -416,8 +416,13 @@ def _pool_limiter(pool: object) -> anyio.CapacityLimiter:
     return limiter
 
 
-def _error_details(body: bytes) -> str:
-    """A short, scrubbed excerpt of an error answer (``error``/``details`` fields)."""
+def _error_details(body: bytes, secrets: Sequence[str] = ()) -> str:
+    """A short, scrubbed excerpt of an error answer (``error``/``details`` fields).
+
+    Secrets are masked in the decoded text before it is cut to length: cutting
+    first could leave a token's header-and-claims prefix too short to be
+    recognised as a token.
+    """
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -425,9 +430,10 @@ def _error_details(body: bytes) -> str:
     if not isinstance(parsed, dict):
         return ""
     parts = [str(parsed[key]) for key in ("error", "details", "message") if parsed.get(key)]
-    text = "; ".join(parts)
-    text = "".join(ch for ch in text if ch.isprintable())[:200]
-    return f" (the API said: {redact_text(text)})" if text else ""
+    text = "; ".join(parts)[:4096]
+    text = "".join(ch for ch in text if ch.isprintable())
+    text = scrub_secrets(text, secrets)[:200]
+    return f" (the API said: {text})" if text else ""
 
 
 def _redirect_target(origin: httpx.URL, location: str) -> str:
@@ -487,6 +493,7 @@ class SecureFetcher:
         self._api_transport = api_transport
         info = broker.transport.info
         self.mode = info.mode
+        self._known_secrets = info.secrets
         base = api_base_url or (settings.api_base_url if settings is not None else None)
         if base is None:
             # A replay knows the origin it recorded; it does not match hosts, so this
@@ -538,6 +545,10 @@ class SecureFetcher:
                 headers={"user-agent": f"authsec-crewai/{__version__}"},
             )
         return self._client
+
+    def _secrets(self, token: DelegationToken) -> tuple[str, ...]:
+        """Every secret an answer must not carry: the token sent, the API token."""
+        return (token.value, *self._known_secrets)
 
     def _url(self, path: str) -> httpx.URL:
         """The absolute URL for a validated path, checked to be under the base URL."""
@@ -713,44 +724,64 @@ class SecureFetcher:
         self, method: str, url: httpx.URL, params: list[tuple[str, str]], token: DelegationToken
     ) -> tuple[int, httpx.Headers, bytes]:
         """One request: ``(status, headers, body)``; only a 2xx body is read in full."""
-        headers = {"authorization": f"Bearer {token.value}", "accept": "application/json"}
+        headers = {
+            "authorization": f"Bearer {token.value}",
+            "accept": "application/json",
+            "accept-encoding": ACCEPT_ENCODING,
+        }
         client = self._http()
         try:
-            async with (
-                _pool_limiter(self._pool),
-                client.stream(
-                    method,
-                    url,
-                    params=tuple(params) or None,
-                    headers=headers,
-                    follow_redirects=False,
-                ) as response,
-            ):
-                status = response.status_code
-                if 300 <= status < 400:
-                    return status, response.headers, b""
-                limit = self.max_response_bytes if status < 300 else _MAX_ERROR_BODY_BYTES
-                try:
-                    body = await read_capped(response, limit)
-                except BodyTooLarge:
-                    if status >= 300:
-                        return status, response.headers, b""
-                    raise errors.ResponseTooLargeError(
-                        f"the API's answer for {url.path!r} is larger than "
-                        f"{self.max_response_bytes} bytes (AUTHSEC_MAX_RESPONSE_BYTES) and was "
-                        "not read; ask for less, e.g. with paging parameters"
-                    ) from None
-                return status, response.headers, body
-        except httpx.TimeoutException as exc:
+            async with _pool_limiter(self._pool):
+                # The whole exchange, body included, within the timeout: httpx's
+                # own timeouts restart with every byte, and a dripping answer
+                # would hold this slot of the limiter for ever.
+                with anyio.fail_after(self.timeout):
+                    return await self._exchange(client, method, url, params, headers)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.ProtectedApiError(
-                f"the protected API at {self.api_base_url} did not answer within "
-                f"{self.timeout:g}s ({type(exc).__name__}); it may be retried later"
+                f"the protected API at {self.api_base_url} did not finish answering within "
+                f"{self.timeout:g}s (AUTHSEC_TIMEOUT; {type(exc).__name__}); it may be "
+                "retried later"
             ) from None
         except httpx.HTTPError as exc:
             raise errors.ProtectedApiError(
                 f"could not reach the protected API at {self.api_base_url} "
                 f"({type(exc).__name__}); it may be retried later"
             ) from None
+
+    async def _exchange(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: httpx.URL,
+        params: list[tuple[str, str]],
+        headers: dict[str, str],
+    ) -> tuple[int, httpx.Headers, bytes]:
+        async with client.stream(
+            method, url, params=tuple(params) or None, headers=headers, follow_redirects=False
+        ) as response:
+            status = response.status_code
+            if 300 <= status < 400:
+                return status, response.headers, b""
+            limit = self.max_response_bytes if status < 300 else _MAX_ERROR_BODY_BYTES
+            try:
+                body = await read_capped(response, limit)
+            except BodyTooLarge:
+                if status >= 300:
+                    return status, response.headers, b""
+                raise errors.ResponseTooLargeError(
+                    f"the API's answer for {url.path!r} is larger than "
+                    f"{self.max_response_bytes} bytes once decoded (AUTHSEC_MAX_RESPONSE_BYTES) "
+                    "and was not read; ask for less, e.g. with paging parameters"
+                ) from None
+            except BodyUndecodable as exc:
+                if status >= 300:
+                    return status, response.headers, b""
+                raise errors.ProtectedApiError(
+                    f"the API's answer for {url.path!r} cannot be read ({exc})",
+                    status_code=status,
+                ) from None
+            return status, response.headers, body
 
     def _interpret(
         self,
@@ -761,26 +792,33 @@ class SecureFetcher:
         path: str,
     ) -> tuple[Any, str | None]:
         """A 2xx answer as data (token masked); anything else as a typed error."""
-        content_type = headers.get("content-type")
+        secrets = self._secrets(token)
+        declared = headers.get("content-type")
+        content_type = None if declared is None else scrub_secrets(declared, secrets)
         if 200 <= status < 300:
-            text = body.decode("utf-8", errors="replace")
-            if token.value in text:  # an API that echoes credentials must not leak them
-                text = text.replace(token.value, mask_jwt(token.value))
+            # An API that echoes credentials must not leak them: the text is
+            # scrubbed, and so are the decoded values when JSON escapes
+            # (``\u002e`` for a dot) could have hidden one from the text.
+            raw = body.decode("utf-8", errors="replace")
+            text = scrub_secrets(raw, secrets)
             if not text.strip():
                 return None, content_type
             try:
-                return json.loads(text), content_type
+                data = json.loads(text)
             except ValueError:
                 return text, content_type
+            return (scrub_value(data, secrets) if "\\" in text else data), content_type
         if 300 <= status < 400:
-            where = _redirect_target(self._origin, headers.get("location", ""))
+            where = scrub_secrets(
+                _redirect_target(self._origin, headers.get("location", "")), secrets
+            )
             raise errors.ProtectedApiError(
                 f"the API answered {status}, a redirect {where}; redirects are not followed, "
                 f"so the token is only ever sent to {self.api_base_url}. Ask for the final "
                 "path directly if it is under the API",
                 status_code=status,
             )
-        details = _error_details(body)
+        details = _error_details(body, secrets)
         if status == 401:
             raise errors.ProtectedApiError(
                 f"the API refused the token for {path!r} (401) even after a fresh token was "
@@ -790,7 +828,7 @@ class SecureFetcher:
             )
         if status == 403:
             needed = re.search(r'scope="([^"]{1,128})"', headers.get("www-authenticate", ""))
-            need = f" (it needs {needed.group(1)!r})" if needed else ""
+            need = f" (it needs {scrub_secrets(needed.group(1), secrets)!r})" if needed else ""
             granted = ", ".join(sorted(token.permissions)) or "nothing"
             raise errors.InsufficientScopeError(
                 f"the API answered 403 for {path!r}: the token does not grant what this "

@@ -41,10 +41,13 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from .redact import AUTH_SCHEME_PATTERN, JWT_PATTERN, MASKED_JWT_PATTERN, mask_jwt, redact_text
 
 __all__ = [
+    "HTTP_LOGGERS",
     "REDACTED",
     "LibraryLogger",
+    "RedactingFilter",
     "configure",
     "get_logger",
+    "install_http_log_filter",
     "redact_secrets",
     "redact_value",
     "render_line",
@@ -228,6 +231,65 @@ def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDic
     return result
 
 
+# --- stdlib logging of the HTTP stack --------------------------------------------------
+
+HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+"""The stdlib loggers of the HTTP stack. A filter on a logger does not apply to
+its children, so each of httpcore's loggers is named here."""
+
+
+class RedactingFilter(logging.Filter):
+    """A stdlib ``logging.Filter`` that masks secrets in a record's message.
+
+    httpcore logs response headers verbatim at DEBUG, so a ``WWW-Authenticate``
+    header that echoes the token would otherwise land in the log. The record's
+    message is rendered, scrubbed like a structlog event (JWTs, ``Bearer`` and
+    ``Basic`` credentials) and any ``secrets`` given are masked too. It never
+    drops a record.
+    """
+
+    def __init__(self, name: str = "", *, secrets: Iterable[str] = ()) -> None:
+        super().__init__(name)
+        self.secrets = tuple(secret for secret in secrets if secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format must not break logging
+            return True
+        for secret in self.secrets:
+            message = message.replace(secret, REDACTED)
+        record.msg, record.args = _scrub_text(message), None
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = _scrub_text(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def install_http_log_filter(secrets: Iterable[str] = ()) -> RedactingFilter:
+    """Put one :class:`RedactingFilter` on every logger of :data:`HTTP_LOGGERS`.
+
+    Idempotent: an earlier filter installed here is replaced, so calling it
+    again with new ``secrets`` does not stack filters. :func:`configure` and
+    the command line call it; applications that set up stdlib logging
+    themselves call it once at start-up.
+    """
+    installed = RedactingFilter(secrets=secrets)
+    for name in HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
+            logger.removeFilter(old)
+        logger.addFilter(installed)
+    return installed
+
+
 # --- configuration ----------------------------------------------------------------------
 
 
@@ -257,8 +319,9 @@ def configure(
 
     ``stream`` defaults to standard error (read at each write), keeping
     standard output free for a program's actual output. This changes
-    structlog's global configuration, so only applications (and the CLI) call
-    it, never the library itself.
+    structlog's global configuration, and puts a :class:`RedactingFilter` on
+    the HTTP stack's stdlib loggers (:func:`install_http_log_filter`), so only
+    applications (and the CLI) call it, never the library itself.
     """
     if format not in ("console", "json"):
         raise ValueError(f"log format must be 'console' or 'json', not {format!r}")
@@ -290,6 +353,7 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    install_http_log_filter()
 
 
 def _guarded(processors: Iterable[Processor]) -> list[Processor]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "AUTH_SCHEME_PATTERN",
@@ -16,7 +18,10 @@ __all__ = [
     "MASKED_JWT_PATTERN",
     "fingerprint",
     "mask_jwt",
+    "mask_secret",
     "redact_text",
+    "scrub_secrets",
+    "scrub_value",
 ]
 
 # The patterns below are the only definitions of what a token looks like: logs,
@@ -62,3 +67,50 @@ def redact_text(text: str) -> str:
             text,
         )
     return text
+
+
+_MAX_DEPTH = 64
+"""Deeper data is cut off: no answer an agent can use nests this far."""
+
+
+def mask_secret(value: str) -> str:
+    """What is shown instead of a known secret: a JWT's fingerprint, else a marker."""
+    return mask_jwt(value) if JWT_PATTERN.fullmatch(value) else "[redacted]"
+
+
+def scrub_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every known secret masked, then anything token-shaped.
+
+    For text a server supplied (an error body, an echo): the exact values the
+    library holds (the API token, the tokens it was given) are removed even
+    when they do not look like a JWT or follow ``Bearer``.
+    """
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, mask_secret(secret))
+    return redact_text(text)
+
+
+def scrub_value(value: Any, secrets: Iterable[str] = (), *, _depth: int = 0) -> Any:
+    """Decoded data (JSON-like) with every string, key or value, scrubbed.
+
+    Masking the raw text of an answer is not enough: JSON escapes (``\\u002e``
+    for a dot) hide a token from a text search and ``json.loads`` restores it.
+    So the decoded values are scrubbed too.
+    """
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return scrub_secrets(value, secrets)
+    if _depth >= _MAX_DEPTH:
+        return "[...]"
+    if isinstance(value, dict):
+        return {
+            scrub_secrets(k, secrets) if isinstance(k, str) else k: scrub_value(
+                v, secrets, _depth=_depth + 1
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        items = [scrub_value(v, secrets, _depth=_depth + 1) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value

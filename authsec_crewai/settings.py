@@ -267,9 +267,11 @@ class AuthSecSettings(BaseSettings):
     max_response_bytes: int = Field(
         1_048_576, gt=0, description="Protected-API answers larger than this are refused."
     )
-    timeout: float = Field(10.0, gt=0, description="Seconds for one HTTP request.")
+    timeout: float = Field(
+        10.0, gt=0, description="Seconds for one whole HTTP exchange, body included."
+    )
     retry_budget: float = Field(
-        30.0, ge=0, description="Total seconds a token fetch may spend retrying (0: no retries)."
+        30.0, ge=0, description="Seconds one token fetch may take, retries included (0: none)."
     )
     verify: bool = Field(True, description="Verify token signatures and claims when keys exist.")
     verify_leeway: float = Field(

@@ -452,6 +452,12 @@ class TokenVerifier:
             raise errors.TokenVerificationError(
                 f"token {label}: 'sub' is not a valid SPIFFE id ({exc})"
             ) from None
+        signed_audience = _strings(claims.get("aud")) or frozenset()
+        if token.audience and signed_audience != frozenset(token.audience):
+            raise errors.TokenVerificationError(
+                f"token {label}: its signed audience {sorted(signed_audience)[:5]} differs "
+                f"from the server's answer {sorted(token.audience)[:5]}; refusing it"
+            )
         signed = _strings(claims.get("permissions"))
         if signed is None:
             raise errors.TokenVerificationError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
 from . import errors
+from .redact import scrub_secrets
 from .token import DelegationToken
 
 __all__ = [
@@ -53,6 +54,17 @@ _RFC3339 = re.compile(
 )
 
 
+_TIMESTAMP_CHARS = re.compile(r"[0-9TtZz:.+\- ]{1,40}")
+
+
+def _quoted_timestamp(text: str) -> str:
+    """``text`` quoted for a message if it could be a mistyped timestamp; anything
+    else (a server may put anything there, a token included) is not repeated."""
+    if _TIMESTAMP_CHARS.fullmatch(text):
+        return repr(text)
+    return "(not shown: it does not look like a timestamp)"
+
+
 def parse_rfc3339(text: str) -> datetime:
     """Parse RFC 3339 with up to nanosecond fractions into an aware UTC datetime.
 
@@ -61,7 +73,7 @@ def parse_rfc3339(text: str) -> datetime:
     """
     match = _RFC3339.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+        raise ValueError(f"not an RFC 3339 timestamp: {_quoted_timestamp(text)}")
     frac = (match["frac"] or "")[:6].ljust(6, "0")
     tz = "+00:00" if match["tz"] in ("Z", "z") else match["tz"]
     parsed = datetime.fromisoformat(f"{match['base'].replace(' ', 'T')}.{frac}{tz}")
@@ -105,7 +117,7 @@ def _expiry(body: Mapping[str, Any], now: datetime) -> datetime:
             return parse_rfc3339(raw)
         except ValueError as exc:
             raise errors.InvalidTokenResponseError(
-                f"'expires_at' is not an RFC 3339 timestamp: {raw[:40]!r}"
+                f"'expires_at' is not an RFC 3339 timestamp: {_quoted_timestamp(raw)}"
             ) from exc
     for name in ("ttl_seconds", "expires_in"):
         seconds = body.get(name)
@@ -179,19 +191,44 @@ def parse_token_body(body: Any, *, now: float) -> DelegationToken:
     )
 
 
-def _server_detail(body: Any) -> str:
+def _server_detail(body: Any, secrets: Iterable[str]) -> str:
+    """The server's ``error``/``details`` text, secrets masked first, then cut short
+    (cutting first could leave a token's header-and-claims prefix unmasked)."""
     if isinstance(body, Mapping):
-        parts = [str(body.get(k))[:200] for k in ("error", "details") if body.get(k)]
+        parts = [
+            scrub_secrets(_printable(str(body.get(k))), secrets)[:200]
+            for k in ("error", "details")
+            if body.get(k)
+        ]
         if parts:
             return ": " + " - ".join(parts)
     return ""
 
 
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in text[:4096])
+
+
+def _is_contract_error(body: Any) -> bool:
+    """Whether ``body`` is AuthSec's own JSON error (``{"error": "..."}``)."""
+    return isinstance(body, Mapping) and isinstance(body.get("error"), str) and bool(body["error"])
+
+
 def error_for_status(
-    status: int, body: Any = None, *, retry_after: float | None = None
+    status: int,
+    body: Any = None,
+    *,
+    retry_after: float | None = None,
+    url: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> errors.TokenError:
-    """The typed error for a non-200 answer of the delegation-token endpoint."""
-    detail = _server_detail(body)
+    """The typed error for a non-200 answer of the delegation-token endpoint.
+
+    ``body`` is the decoded JSON answer (None if it was not JSON); ``url`` the
+    endpoint asked, named when the answer suggests the URL itself is wrong;
+    ``secrets`` the values to mask if the server echoes them (the API token).
+    """
+    detail = _server_detail(body, secrets)
     if status == 400:
         return errors.InvalidClientIdError(
             f"AuthSec refused the client id (400{detail}); set AUTHSEC_CLIENT_ID "
@@ -201,6 +238,13 @@ def error_for_status(
         return errors.AuthenticationError(
             f"AuthSec refused the API token (401{detail}); set AUTHSEC_API_TOKEN "
             "to a valid API token"
+        )
+    if status == 404 and not _is_contract_error(body):
+        where = f" {url}" if url else ""
+        return errors.EndpointNotFoundError(
+            f"the token endpoint{where} answered 404 without AuthSec's JSON error: "
+            "this is not AuthSec's delegation endpoint (check AUTHSEC_BASE_URL for a "
+            "typo or a proxy in the way); cached tokens are dropped until it answers"
         )
     if status == 404:
         return errors.NotDelegatedError(

@@ -407,7 +407,7 @@ def good_cassette(tmp_path: Path, jwt: str) -> Path:
          "response": {"body": token_body}},
         {"kind": "token", "offset": 1.0,
          "request": {"client_id": CLIENT, "scopes": ["read:records"], "audience": []},
-         "error": error_record(error_for_status(404), scrub)},
+         "error": error_record(error_for_status(404, {"error": "no active delegation"}), scrub)},
         {"kind": "key_set", "offset": 0.1, "request": {"tenant_id": "t"},
          "response": {"body": {"keys": [{"kty": "RSA"}]}}},
         _api(),

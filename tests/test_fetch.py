@@ -484,7 +484,9 @@ async def test_server_down_is_an_error_not_mock_data(client_id: str) -> None:
                 await fetcher.fetch("secure-vault/records", "read:records")
             result = error_result(caught.value)
             assert result["status"] == "error" and "data" not in result
-            assert result["retryable"] is True
+            # nothing ever answered there: said at once, and not worth retrying
+            assert result["error"] == "unreachable"
+            assert result["retryable"] is False
             assert "Amara" not in json.dumps(result)
 
 

@@ -238,8 +238,9 @@ def test_live_failures_are_errors_never_mock_data(
     for _ in range(3):
         text = tool._run("secure-vault/records", "read:records")
         result = parsed(text)
-        assert result["status"] == "error" and result["error"] == "transport"
-        assert result["retryable"] is True and "data" not in result
+        # nothing ever listened there: a wrong URL, said at once and not worth retrying
+        assert result["status"] == "error" and result["error"] == "unreachable"
+        assert result["retryable"] is False and "data" not in result
         assert "Amara" not in text and "clearance" not in text
 
 

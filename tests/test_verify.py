@@ -323,9 +323,21 @@ async def test_the_verifier_uses_its_clock_not_the_wall_clock(
 async def test_no_audience_configured_means_no_audience_check(
     good: DelegationToken, source: KeySource, rsa_key: RSAKey
 ) -> None:
-    token = _with(good, _signed(good, rsa_key, aud=["billing-api"]))
+    token = replace(
+        good, value=_signed(good, rsa_key, aud=["billing-api"]), audience=("billing-api",)
+    )
     await _verifier(source, audience=()).verify(token)
     await _verifier(source, audience=("billing-api", "other")).verify(token)
+
+
+@pytest.mark.anyio
+async def test_a_signed_audience_unlike_the_answers_is_refused_without_a_configured_one(
+    good: DelegationToken, source: KeySource, rsa_key: RSAKey
+) -> None:
+    token = _with(good, _signed(good, rsa_key, aud=["billing-api"]))  # answer: authsec-api
+    assert token.audience != ("billing-api",)
+    with pytest.raises(errors.TokenVerificationError, match="signed audience"):
+        await _verifier(source, audience=()).verify(token)
 
 
 # --- key sets -----------------------------------------------------------------------------

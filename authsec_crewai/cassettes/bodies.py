@@ -31,9 +31,24 @@ def encode_body(raw: bytes, scrubber: Scrubber) -> dict[str, Any] | None:
         value = json.loads(text)
         if _compact_json(value) == text:
             return {"json": scrubber.value(value)}
-    except ValueError:
-        pass
-    return {"text": scrubber.text(text)}
+    except (ValueError, RecursionError):
+        return {"text": scrubber.text(text)}
+    scrubbed = scrubber.text(text)
+    if "\\" in text and _escapes_hide_a_secret(scrubbed, scrubber):
+        # JSON escapes (\\u002e for a dot) hid a token or a secret from the text
+        # scrub: keep the decoded value, scrubbed. Replay serves it as compact
+        # JSON, the same value in other bytes.
+        return {"json": scrubber.value(value)}
+    return {"text": scrubbed}
+
+
+def _escapes_hide_a_secret(scrubbed: str, scrubber: Scrubber) -> bool:
+    """Whether the scrubbed JSON text still decodes to something the scrubber changes."""
+    try:
+        value = json.loads(scrubbed)
+    except (ValueError, RecursionError):
+        return False
+    return bool(scrubber.value(value) != value)
 
 
 def decode_body(body: Mapping[str, Any] | None, scrubber: Scrubber | None = None) -> bytes:

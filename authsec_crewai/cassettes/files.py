@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .schema import FORMAT, KINDS, VERSION, Interaction, cassette_error, validate_interaction
 from .scrub import REDACTION_MARKER
@@ -111,16 +111,36 @@ class Cassette:
         return counts
 
 
+MAX_CASSETTE_BYTES: Final = 64 * 1024 * 1024
+"""A recorded session is kilobytes (API answers over 16 MiB are not even
+recorded); a larger file is refused before it is read."""
+
+MAX_NESTING: Final = 64
+"""Deepest nesting of JSON arrays and objects a cassette may have: the document
+takes five levels, an API answer the rest."""
+
+
 def load(path: str | os.PathLike[str]) -> Cassette:
     """Read and validate a cassette; every problem is a :class:`CassetteError` that
-    says what is wrong and what to do, never a ``KeyError`` from deep inside."""
+    says what is wrong and what to do, never a ``KeyError`` (or a ``RecursionError``)
+    from deep inside. A file over :data:`MAX_CASSETTE_BYTES` is refused unread."""
     where = Path(path)
     try:
-        text = where.read_text(encoding="utf-8")
+        with where.open("rb") as handle:
+            too_large = os.fstat(handle.fileno()).st_size > MAX_CASSETTE_BYTES
+            raw = b"" if too_large else handle.read(MAX_CASSETTE_BYTES + 1)
+        if too_large or len(raw) > MAX_CASSETTE_BYTES:
+            raise cassette_error(
+                where,
+                f"is larger than {MAX_CASSETTE_BYTES // (1024 * 1024)} MiB, more than a "
+                "recorded session can be; refusing to read it",
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise cassette_error(where, "does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise cassette_error(where, f"cannot be read ({exc})") from None
+    del raw
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -129,11 +149,36 @@ def load(path: str | os.PathLike[str]) -> Cassette:
             f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
             "fix it or record it again",
         ) from None
+    except RecursionError:
+        raise cassette_error(where, _TOO_DEEP) from None
     return parse(document, where)
+
+
+_TOO_DEEP: Final = (
+    f"nests JSON deeper than {MAX_NESTING} levels, which no recorded session does; refusing it"
+)
+
+
+def _too_deep(document: Any) -> bool:
+    """Whether ``document`` nests deeper than :data:`MAX_NESTING` (without recursing)."""
+    level: list[Any] = [document]
+    for _ in range(MAX_NESTING + 1):
+        inner: list[Any] = []
+        for node in level:
+            if isinstance(node, dict):
+                inner.extend(node.values())
+            elif isinstance(node, list):
+                inner.extend(node)
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 def parse(document: Any, path: Path | None = None) -> Cassette:
     """Validate a decoded cassette document (see :func:`load`)."""
+    if _too_deep(document):
+        raise cassette_error(path, _TOO_DEEP)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise cassette_error(
             path, f'is not an authsec-crewai cassette (no "format": "{FORMAT}" at the top)'

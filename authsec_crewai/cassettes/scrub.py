@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -273,10 +274,32 @@ def find_secrets(document: Any, *, secrets: Iterable[str | None] = ()) -> list[s
             found.extend(_text_findings(key, f"{where} (key)", wanted))
         if isinstance(value, str):
             found.extend(_text_findings(value, where, wanted))
+            if key == "text":
+                found.extend(_embedded_json_findings(value, where, wanted))
             if key == "base64":
                 try:
                     raw = base64.b64decode(value).decode("latin-1")
                 except (binascii.Error, ValueError):
                     continue
                 found.extend(_text_findings(raw, f"{where} (decoded)", wanted))
+                found.extend(_embedded_json_findings(raw, f"{where} (decoded)", wanted))
+    return found
+
+
+def _embedded_json_findings(text: str, where: str, secrets: frozenset[str]) -> list[str]:
+    """Findings in the decoded strings of a body that is JSON text with escapes:
+    ``\\u002e`` for a dot hides a token from a scan of the raw text, and any
+    JSON reader restores it."""
+    if "\\" not in text:
+        return []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    found: list[str] = []
+    for inner, item, key in _walk(value, f"{where} (as JSON)"):
+        if key is not None:
+            found.extend(_text_findings(key, f"{inner} (key)", secrets))
+        if isinstance(item, str):
+            found.extend(_text_findings(item, inner, secrets))
     return found

@@ -6,6 +6,8 @@ and ``httpx.MockTransport`` are for theirs).
   app, with :class:`MockFaults` of :class:`Fault` to inject failures;
 - :class:`LoopbackServer`: uvicorn serving an app on 127.0.0.1, so the live
   transport is exercised over a real socket;
+- :class:`DripServer`: a raw socket server on 127.0.0.1 that drips its answer,
+  headers included, one byte at a time (what uvicorn cannot do);
 - :func:`block_network`: make every real network connection fail while a
   replayed test runs;
 - the pytest plugin (:mod:`authsec_crewai.testing.pytest_plugin`, registered
@@ -27,6 +29,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from ._netguard import NetworkBlockedError, block_network
     from .authority import DEFAULT_PERMISSIONS, MockAuthority
+    from .dripserver import DripServer
     from .loopback import LoopbackServer
     from .mockserver import (
         BUNDLE_PATH,
@@ -46,6 +49,7 @@ __all__ = [
     "VAULT_RESOURCES",
     "AuthSecCassetteWarning",
     "CassetteSpec",
+    "DripServer",
     "Fault",
     "LoopbackServer",
     "MockAuthority",
@@ -61,6 +65,7 @@ _WHERE = {
     "block_network": "._netguard",
     "DEFAULT_PERMISSIONS": ".authority",
     "MockAuthority": ".authority",
+    "DripServer": ".dripserver",
     "LoopbackServer": ".loopback",
     "BUNDLE_PATH": ".mockserver",
     "TOKEN_PATH": ".mockserver",

@@ -15,10 +15,12 @@ loopback.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import threading
 import uuid
+import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +79,18 @@ class Fault:
     """Seconds to wait before answering."""
     passthrough: bool = False
     """After ``delay``, give the real answer instead of a faulty one."""
+    drip: float = 0.0
+    """When positive, send the headers at once, then the body one byte per ``drip``
+    seconds (each byte restarts a client's read timeout) until the client leaves."""
+    encoding: str | None = None
+    """A ``content-encoding`` to declare (``body`` is then sent as is: compressed)."""
+    echo: str | None = None
+    """A body template: ``{bearer}`` becomes the request's bearer credential,
+    ``{authorization}`` its whole ``Authorization`` header."""
+    echo_escaped: bool = False
+    """Write the echoed credential with its dots JSON-escaped (``\\u002e``)."""
+    echo_header: str | None = None
+    """A response header that carries the echoed template too (``www-authenticate``)."""
 
     @classmethod
     def http(
@@ -114,6 +128,36 @@ class Fault:
         """The real answer, ``seconds`` late (longer than a client timeout: a timeout)."""
         return cls(delay=seconds, passthrough=True)
 
+    @classmethod
+    def dripping(cls, interval: float = 0.2, *, status: int = 200) -> Fault:
+        """Headers at once, then the body one byte every ``interval`` seconds, for as
+        long as the client listens (at most :data:`MAX_DRIP_BYTES` bytes)."""
+        return cls(status=status, drip=interval)
+
+    @classmethod
+    def bomb(cls, decoded_size: int, *, encoding: str = "gzip", status: int = 200) -> Fault:
+        """A compression bomb: a small body that inflates to ``decoded_size`` bytes."""
+        return cls(status=status, body=compression_bomb(decoded_size, encoding), encoding=encoding)
+
+    @classmethod
+    def echoing(
+        cls,
+        template: str,
+        *,
+        status: int = 200,
+        escaped: bool = False,
+        header: str | None = None,
+        content_type: str = "application/json",
+    ) -> Fault:
+        """An answer that echoes the request's credential (see :attr:`echo`)."""
+        return cls(
+            status=status,
+            echo=template,
+            echo_escaped=escaped,
+            echo_header=header,
+            content_type=content_type,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "status": self.status,
@@ -124,6 +168,11 @@ class Fault:
             "drop": self.drop,
             "delay": self.delay,
             "passthrough": self.passthrough,
+            "drip": self.drip,
+            "encoding": self.encoding,
+            "echo": self.echo,
+            "echo_escaped": self.echo_escaped,
+            "echo_header": self.echo_header,
         }
         if self.body is not None:
             out["body"] = self.body.decode("latin-1")
@@ -146,7 +195,38 @@ class Fault:
             drop=bool(data.get("drop", False)),
             delay=float(data.get("delay", 0.0)),
             passthrough=bool(data.get("passthrough", False)),
+            drip=float(data.get("drip", 0.0)),
+            encoding=None if data.get("encoding") is None else str(data["encoding"]),
+            echo=None if data.get("echo") is None else str(data["echo"]),
+            echo_escaped=bool(data.get("echo_escaped", False)),
+            echo_header=None if data.get("echo_header") is None else str(data["echo_header"]),
         )
+
+
+MAX_DRIP_BYTES = 4096
+"""A dripping answer stops after this many bytes even if the client still listens."""
+
+
+@functools.lru_cache(maxsize=8)
+def compression_bomb(decoded_size: int, encoding: str = "gzip") -> bytes:
+    """``decoded_size`` bytes of a JSON-looking body, compressed (gzip or deflate).
+
+    Built in blocks so making a gigabyte bomb does not take a gigabyte.
+    """
+    if encoding not in ("gzip", "deflate"):
+        raise ValueError("encoding must be 'gzip' or 'deflate'")
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+    head, tail = b'{"token": "', b'"}'
+    parts = [packer.compress(head)]
+    left = max(0, decoded_size - len(head) - len(tail))
+    block = b"A" * (1 << 20)
+    while left > 0:
+        piece = block[: min(left, len(block))]
+        left -= len(piece)
+        parts.append(packer.compress(piece))
+    parts.append(packer.compress(tail))
+    parts.append(packer.flush())
+    return b"".join(parts)
 
 
 @dataclass
@@ -274,12 +354,49 @@ class _FaultsAndCounts:
         if fault.passthrough:
             await self.app(scope, receive, send)
             return
-        await _serve_fault(fault, send)
+        await _serve_fault(fault, scope, receive, send)
 
 
-async def _serve_fault(fault: Fault, send: Send) -> None:
+def _echoed(fault: Fault, scope: Scope) -> str:
+    """The fault's echo template filled with the request's credential."""
+    assert fault.echo is not None
+    authorization = Request(scope).headers.get("authorization", "")
+    bearer = authorization.partition(" ")[2].strip()
+    if fault.echo_escaped:
+        authorization = authorization.replace(".", "\\u002e")
+        bearer = bearer.replace(".", "\\u002e")
+    return fault.echo.replace("{authorization}", authorization).replace("{bearer}", bearer)
+
+
+async def _drip(
+    fault: Fault, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+) -> None:
+    """Headers now, then one byte per ``fault.drip`` seconds until the client leaves."""
+    await send({"type": "http.response.start", "status": fault.status, "headers": headers})
+    async with anyio.create_task_group() as tg:
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(until_disconnect)
+        await send({"type": "http.response.body", "body": b'{"token": "', "more_body": True})
+        for _ in range(MAX_DRIP_BYTES):
+            await anyio.sleep(fault.drip)
+            await send({"type": "http.response.body", "body": b"A", "more_body": True})
+        await send({"type": "http.response.body", "body": b'"}', "more_body": False})
+        tg.cancel_scope.cancel()
+
+
+async def _serve_fault(fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fault.headers]
     headers.append((b"content-type", fault.content_type.encode("latin-1")))
+    if fault.encoding:
+        headers.append((b"content-encoding", fault.encoding.encode("latin-1")))
+    if fault.drip:
+        await _drip(fault, headers, receive, send)
+        return
     if fault.drop:
         headers.append((b"content-length", b"4096"))
         await send({"type": "http.response.start", "status": fault.status, "headers": headers})
@@ -296,6 +413,11 @@ async def _serve_fault(fault: Fault, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     body = fault.body
+    if fault.echo is not None:
+        echoed = _echoed(fault, scope)
+        body = echoed.encode("utf-8")
+        if fault.echo_header:
+            headers.append((fault.echo_header.lower().encode("latin-1"), echoed.encode("latin-1")))
     if body is None:
         body = b'{"error": "injected fault", "details": "mock server fault injection"}'
     headers.append((b"content-length", str(len(body)).encode()))
@@ -538,7 +660,7 @@ class _App:
                 raise ValueError("expected a JSON object")
             if "latency" in data:
                 faults.latency = float(data["latency"])
-            if "status" in data or "drop" in data or "oversize" in data or "delay" in data:
+            if data.keys() & {"status", "drop", "oversize", "delay", "drip", "echo"}:
                 path = data.get("path", TOKEN_PATH)
                 faults.add(
                     Fault.from_dict(data),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
@@ -24,16 +25,17 @@ import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
 )
 
 from .. import errors
-from .._capped import BodyTooLarge, read_capped
+from .._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from .._urls import check_base_url
 from .._version import __version__
 from ..logging import get_logger
+from ..redact import scrub_secrets
 from ..token import DelegationToken, TokenRequest
 from ..wire import BUNDLE_PATH, TOKEN_PATH, error_for_status, parse_token_body
 from .base import KeySet, TransportInfo
@@ -44,6 +46,12 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 """A token answer is ~2 KB and a key bundle ~1 KB; far more is refused unread."""
 _MAX_ERROR_BODY_BYTES = 16 * 1024
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_NO_SUCH_NAME = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+"""Resolver answers that say the name does not exist (not "try again later")."""
 
 _log = get_logger("authsec_crewai.transports.live")
 
@@ -78,6 +86,32 @@ def _check_base_url(base_url: str) -> str:
         return check_base_url(base_url)
     except ValueError as exc:
         raise errors.ConfigurationError(f"AUTHSEC_BASE_URL {exc}") from None
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    return isinstance(exc, errors.TransportError) and exc.retryable
+
+
+def _never_reachable(exc: BaseException) -> str | None:
+    """Why ``exc`` says the host is not there at all (no such name, connection
+    refused), or None for faults that retrying may cure (resets, timeouts)."""
+    if not isinstance(exc, httpx.ConnectError):
+        return None
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror) and current.errno in _NO_SUCH_NAME:
+            return "its host name does not resolve"
+        if isinstance(current, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
 
 
 def _json_or_none(raw: bytes) -> Any:
@@ -137,6 +171,7 @@ class LiveTransport:
         self._client = client
         self._owns_client = client is None
         self._api: httpx.AsyncHTTPTransport | None = None
+        self._answered = False
         host = urlsplit(self.base_url).hostname or ""
         if self.base_url.startswith("http://") and host not in _LOOPBACK:
             _log.warning(
@@ -171,7 +206,7 @@ class LiveTransport:
         return self._client
 
     def _headers(self, client_id: str | None = None) -> dict[str, str]:
-        headers = {"accept": "application/json"}
+        headers = {"accept": "application/json", "accept-encoding": ACCEPT_ENCODING}
         if client_id is not None:
             headers["x-client-id"] = client_id
         if self._api_token:
@@ -181,27 +216,48 @@ class LiveTransport:
     async def _get(
         self, path: str, params: dict[str, str], headers: dict[str, str], what: str
     ) -> tuple[int, bytes, httpx.Headers]:
-        """One GET: ``(status, capped body, headers)``; transport faults become typed."""
+        """One GET: ``(status, capped body, headers)``; transport faults become typed.
+
+        The whole exchange (connect, send, headers, body) must finish within
+        ``timeout``: httpx's own timeouts restart with every byte, so a server
+        that drips its answer would otherwise hold the caller forever.
+        """
         url = self.base_url + path
         try:
-            async with self._http().stream("GET", url, params=params, headers=headers) as resp:
-                limit = self.max_body_bytes if resp.status_code == 200 else _MAX_ERROR_BODY_BYTES
-                try:
-                    body = await read_capped(resp, limit)
-                except BodyTooLarge:
-                    if resp.status_code != 200:
-                        return resp.status_code, b"", resp.headers
-                    raise errors.InvalidTokenResponseError(
-                        f"AuthSec's {what} answer is larger than {self.max_body_bytes} bytes; "
-                        "refusing to read it (is AUTHSEC_BASE_URL pointing at AuthSec?)"
-                    ) from None
-                return resp.status_code, body, resp.headers
-        except httpx.TimeoutException as exc:
+            with anyio.fail_after(self.timeout):
+                async with self._http().stream("GET", url, params=params, headers=headers) as resp:
+                    self._answered = True
+                    limit = (
+                        self.max_body_bytes if resp.status_code == 200 else _MAX_ERROR_BODY_BYTES
+                    )
+                    try:
+                        body = await read_capped(resp, limit)
+                    except BodyTooLarge:
+                        if resp.status_code != 200:
+                            return resp.status_code, b"", resp.headers
+                        raise errors.InvalidTokenResponseError(
+                            f"AuthSec's {what} answer is larger than {self.max_body_bytes} "
+                            "bytes once decoded; refusing to read it (is AUTHSEC_BASE_URL "
+                            "pointing at AuthSec?)"
+                        ) from None
+                    except BodyUndecodable as exc:
+                        raise errors.InvalidTokenResponseError(
+                            f"AuthSec's {what} answer cannot be read ({exc})"
+                        ) from None
+                    return resp.status_code, body, resp.headers
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.TransportTimeoutError(
-                f"AuthSec at {self.base_url} did not answer the {what} request within "
-                f"{self.timeout:g}s ({type(exc).__name__})"
+                f"AuthSec at {self.base_url} did not finish answering the {what} request "
+                f"within {self.timeout:g}s (AUTHSEC_TIMEOUT; {type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
+            hopeless = None if self._answered else _never_reachable(exc)
+            if hopeless:
+                raise errors.UnreachableError(
+                    f"could not talk to AuthSec at {self.base_url}: {hopeless}; "
+                    "check AUTHSEC_BASE_URL and the network (not retried: nothing there "
+                    "has ever answered)"
+                ) from None
             raise errors.TransportError(
                 f"could not talk to AuthSec at {self.base_url} ({type(exc).__name__}); "
                 "check AUTHSEC_BASE_URL and the network"
@@ -216,23 +272,46 @@ class LiveTransport:
 
     async def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
-        _log.info(
+        elapsed = state.seconds_since_start or 0.0
+        _log.warning(
             "authsec.live.retry",
             attempt=state.attempt_number,
             error=getattr(exc, "kind", type(exc).__name__),
+            reason=self._scrub(str(exc))[:300],
             wait=round(state.upcoming_sleep, 3),
+            budget_left=round(max(0.0, self.deadline - elapsed), 1),
         )
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    @property
+    def deadline(self) -> float:
+        """Seconds one fetch may take in all, retries and the attempt in progress
+        included: the retry budget, or one request's timeout if that is longer."""
+        return max(self.retry_budget, self.timeout)
+
+    def _scrub(self, text: str) -> str:
+        """Server-supplied text with every secret this transport knows masked."""
+        return scrub_secrets(text, self._secrets())
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._api_token,) if self._api_token else ()
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(errors.TransportError),
+            retry=retry_if_exception(_worth_retrying),
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.retry_budget),
             wait=self._wait,
             sleep=self._sleep,
             before_sleep=self._before_sleep,
             reraise=True,
         )
-        return await retrying(attempt)
+        try:
+            with anyio.fail_after(self.deadline):
+                return await retrying(attempt)
+        except TimeoutError:
+            raise errors.TransportTimeoutError(
+                f"AuthSec at {self.base_url} did not give a usable {what} answer within "
+                f"{self.deadline:g}s (AUTHSEC_RETRY_BUDGET, retries included)"
+            ) from None
 
     # --- the Transport protocol ---------------------------------------------------------
 
@@ -249,16 +328,25 @@ class LiveTransport:
             )
             if status != 200:
                 retry_after = parse_retry_after(resp_headers.get("retry-after"), now=self._clock())
-                raise error_for_status(status, _json_or_none(raw), retry_after=retry_after)
+                raise error_for_status(
+                    status,
+                    _json_or_none(raw),
+                    retry_after=retry_after,
+                    url=self.base_url + TOKEN_PATH,
+                    secrets=self._secrets(),
+                )
             body = _json_or_none(raw)
             if body is None:
+                declared = self._scrub(resp_headers.get("content-type", "unknown"))[:80]
                 raise errors.InvalidTokenResponseError(
-                    "AuthSec's delegation-token answer is not JSON "
-                    f"(content-type {resp_headers.get('content-type', 'unknown')!r})"
+                    f"AuthSec's delegation-token answer is not JSON (content-type {declared!r})"
                 )
-            return parse_token_body(body, now=self._clock())
+            try:
+                return parse_token_body(body, now=self._clock())
+            except errors.InvalidTokenResponseError as exc:  # may quote the server's text
+                raise errors.InvalidTokenResponseError(self._scrub(str(exc))) from None
 
-        token: DelegationToken = await self._with_retries(attempt)
+        token: DelegationToken = await self._with_retries(attempt, "delegation-token")
         _log.info(
             "authsec.live.token",
             fingerprint=token.fingerprint,
@@ -284,9 +372,11 @@ class LiveTransport:
             body = _json_or_none(raw)
             if status == 429:
                 retry_after = parse_retry_after(resp_headers.get("retry-after"), now=self._clock())
-                raise error_for_status(status, body, retry_after=retry_after)
+                raise error_for_status(
+                    status, body, retry_after=retry_after, secrets=self._secrets()
+                )
             if status >= 500:
-                raise error_for_status(status, body)
+                raise error_for_status(status, body, secrets=self._secrets())
             if status != 200:
                 raise errors.TokenVerificationError(
                     f"AuthSec answered {status} for tenant {tenant_id}'s key set; "
@@ -298,7 +388,7 @@ class LiveTransport:
                 )
             return body
 
-        key_set: KeySet = await self._with_retries(attempt)
+        key_set: KeySet = await self._with_retries(attempt, "key-set")
         return key_set
 
     def api(self) -> httpx.AsyncBaseTransport:

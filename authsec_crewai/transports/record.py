@@ -22,7 +22,7 @@ import httpx
 
 from .. import cassettes as fmt
 from .. import errors
-from .._capped import BodyTooLarge, read_capped
+from .._capped import BodyTooLarge, BodyUndecodable, read_capped
 from ..cassettes import Interaction, RecordMode, Scrubber, ScrubHook
 from ..logging import get_logger
 from ._interactions import api_request, api_response, token_body, token_request
@@ -415,6 +415,11 @@ class RecordingTransport:
             raise errors.CassetteError(
                 f"the answer to {fmt.describe('api', record)} is larger than "
                 f"{self.max_body_bytes} bytes; refusing to record it into {self.path}"
+            ) from None
+        except BodyUndecodable as exc:
+            raise errors.CassetteError(
+                f"the answer to {fmt.describe('api', record)} cannot be read ({exc}); "
+                f"refusing to record it into {self.path}"
             ) from None
 
     # --- keeping interactions --------------------------------------------------------------------
