@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import httpx
 import pytest
+import sniffio
 import trio
 from _server import MockServer
 from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fixtures)
@@ -399,6 +402,7 @@ def test_live_async_calls_use_their_own_loops_pool_and_one_broker(
     shared_fetcher = tool._binding.get()[1]
     statuses: list[str] = []
     fetchers: set[int] = set()
+    finished_loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
     barrier = threading.Barrier(4)
 
     async def calls() -> None:
@@ -407,6 +411,8 @@ def test_live_async_calls_use_their_own_loops_pool_and_one_broker(
         assert local is not None and local is not shared_fetcher
         assert tool._binding.fetcher_on_this_loop() is local  # one per loop
         fetchers.add(id(local))
+        if sniffio.current_async_library() == "asyncio":
+            finished_loops.append(weakref.ref(asyncio.get_running_loop()))
         async with anyio.create_task_group() as tg:
             for _ in range(50):
                 tg.start_soon(one)
@@ -426,9 +432,11 @@ def test_live_async_calls_use_their_own_loops_pool_and_one_broker(
     assert len(fetchers) == 4
     assert authsec_server.count(TOKEN_PATH) == 1
     assert authsec_server.count(RECORDS) == 200
-    assert len(tool._binding._on_loop) == 4
+    gc.collect()
+    assert all(ref() is not None for ref in finished_loops)  # their pools hold them
     anyio.run(one)  # a new loop arrives: the finished loops' pools are dropped
-    assert len(tool._binding._on_loop) == 1
+    gc.collect()
+    assert len(finished_loops) == 2 and all(ref() is None for ref in finished_loops)
     assert statuses == ["ok"] * 201
 
 

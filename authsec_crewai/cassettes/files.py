@@ -127,8 +127,11 @@ def load(path: str | os.PathLike[str]) -> Cassette:
     where = Path(path)
     try:
         with where.open("rb") as handle:
-            too_large = os.fstat(handle.fileno()).st_size > MAX_CASSETTE_BYTES
-            raw = b"" if too_large else handle.read(MAX_CASSETTE_BYTES + 1)
+            size = os.fstat(handle.fileno()).st_size
+            too_large = size > MAX_CASSETTE_BYTES
+            # Ask for what the file holds (plus one byte, to notice it growing), not for
+            # the cap: read(n) allocates n bytes up front.
+            raw = b"" if too_large else handle.read(size + 1)
         if too_large or len(raw) > MAX_CASSETTE_BYTES:
             raise cassette_error(
                 where,
