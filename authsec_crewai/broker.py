@@ -483,10 +483,20 @@ class TokenBroker:
         Never waits and never does I/O itself: an ADVISORY hit only schedules
         the background refresh on the broker's loop. Safe from any thread.
         """
-        state = self._default if agent is None else self._agent(agent)
-        if state is None:
-            raise self._no_default()
-        return self._cached(state, scopes)
+        if agent is not None:
+            return self._cached(self._agent(agent), scopes)
+        # The default agent's hit, inlined as in ``token``: SyncTokenBroker serves
+        # every cached token through here, from any thread.
+        try:
+            request = self._memo[scopes]  # type: ignore[index]
+        except (KeyError, TypeError):
+            request = self.request_for(scopes)  # raises if there is no default agent
+        entry = self._cache.get(request)
+        if entry is not None and self._clock() < entry.serve_until:
+            self._fast_hits += 1
+            return entry.token
+        assert self._default is not None
+        return self._cached_locked(self._default, request)
 
     def invalidate(self, token: DelegationToken) -> bool:
         """Drop ``token`` from the cache if it is still cached; True if it was.
@@ -561,6 +571,10 @@ class TokenBroker:
         if entry is not None and self._clock() < entry.serve_until:
             agent.fast_hits += 1
             return entry.token
+        return self._cached_locked(agent, request)
+
+    def _cached_locked(self, agent: _Agent, request: TokenRequest) -> DelegationToken | None:
+        """A cached token that needs the lock to serve (ADVISORY, MANDATORY), or None."""
         with self._lock:
             served = self._serve_locked(agent, request, self._clock(), self._monotonic())
         return None if served is None else self._served(agent, request, *served)
