@@ -49,7 +49,8 @@ RECORDS_TEST = (
 async def test_records(authsec_broker, authsec_transport, authsec_cassette):
     jti, out = await vault(authsec_broker, authsec_transport, "/secure-vault/records")
     assert out[0][0] == 200
-    print(f"MODE={authsec_transport.mode} JTI={jti} SOURCE={authsec_cassette.record_mode_source}")
+    mode, source = authsec_transport.info.mode, authsec_cassette.record_mode_source
+    print(f"MODE={mode} JTI={jti} SOURCE={source}")
 """
 )
 

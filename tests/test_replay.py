@@ -167,7 +167,7 @@ async def test_replayed_tokens_need_the_cassette_clock_and_claims_only_verificat
     # On the cassette's clock it is valid, and every claim is still checked ...
     replay = ReplayTransport(path)
     assert abs(replay.clock() - load(path).recorded_at) < 5
-    assert replay.claims_only and replay.verification == "claims-only"
+    assert replay.info.claims_only and replay.verification == "claims-only"
     token = await replay.fetch_token(request)
     assert token.value.endswith(".REDACTED")
     await TokenVerifier(replay, clock=replay.clock, claims_only=True).verify(token)

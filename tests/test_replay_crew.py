@@ -132,7 +132,7 @@ import pytest
 def test_tool(authsec_tool, authsec_transport):
     result = json.loads(authsec_tool.run(endpoint="secure-vault/metrics", scope="read:metrics"))
     assert result["status"] == "ok", result
-    print(f"MODE={authsec_transport.mode} DATA={json.dumps(result['data'], sort_keys=True)}")
+    print(f"MODE={authsec_transport.info.mode} DATA={json.dumps(result['data'], sort_keys=True)}")
 """
     )
     recorded = pytester.runpytest("-s", "-p", "no:asyncio", "--authsec-record-mode=once")

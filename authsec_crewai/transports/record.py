@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio.lowlevel
 import httpx
@@ -198,10 +198,6 @@ class RecordingTransport:
     this process record into one session and keeps it open for the process
     (``AUTHSEC_MODE=record`` uses it: a crew builds a broker per tool).
     """
-
-    mode: ClassVar[str] = "record"
-    claims_only: ClassVar[bool] = False
-    """Read by the broker: recorded tokens are checked like any live one."""
 
     def __init__(
         self,

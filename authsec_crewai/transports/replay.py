@@ -80,10 +80,9 @@ class ReplayTransport:
     ``monotonic`` is how :meth:`clock` advances (injectable for tests).
     """
 
-    mode: ClassVar[str] = "replay"
-    claims_only: ClassVar[bool] = True
-    """Read by the broker: recorded signatures were redacted, so verify claims only."""
     verification: ClassVar[str] = "claims-only"
+    """What the broker checks of a replayed token (``info.claims_only``): recorded
+    signatures were redacted, so claims only."""
 
     def __init__(
         self,
