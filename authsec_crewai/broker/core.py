@@ -343,28 +343,27 @@ class TokenBroker:
             "or broker.agent(client_id), or build it with client_id=..."
         )
 
-    async def _token_of(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken:
-        """``token()`` for a named agent: the same fast path, on that agent's maps."""
+    def _hit(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken | None:
+        """The fast path for a named agent: its hot map, no lock (``token()`` and
+        ``cached_token()`` inline the same lookup for the default agent)."""
         hot = agent.cache.hot
         try:
             entry = hot.get(tuple(scopes)) if scopes.__class__ is list else hot.get(scopes)
-        except TypeError:
-            entry = None
+        except TypeError:  # an unhashable collection (a set): the locked path
+            return None
         if entry is not None and self._clock() < entry.serve_until:
-            agent.fast_hits += 1
+            agent.fast_hits += 1  # unlocked: may undercount when threads race here
             return entry.token
-        return await self._serve(agent, scopes)
+        return None
+
+    async def _token_of(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken:
+        """``token()`` for a named agent."""
+        hit = self._hit(agent, scopes)
+        return hit if hit is not None else await self._serve(agent, scopes)
 
     def _cached_of(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken | None:
-        hot = agent.cache.hot
-        try:
-            entry = hot.get(tuple(scopes)) if scopes.__class__ is list else hot.get(scopes)
-        except TypeError:
-            entry = None
-        if entry is not None and self._clock() < entry.serve_until:
-            agent.fast_hits += 1
-            return entry.token
-        return self._cached_locked(agent, scopes)
+        hit = self._hit(agent, scopes)
+        return hit if hit is not None else self._cached_locked(agent, scopes)
 
     async def _serve(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken:
         request = agent.cache.request(agent.client_id, scopes, self.audience)
@@ -525,7 +524,7 @@ class TokenBroker:
 
     def _new_flight(self, agent: AgentState, request: TokenRequest, *, background: bool) -> Flight:
         """Register a flight (lock held); the caller then launches it."""
-        flight = Flight(agent, request, background, agent.epoch, self._events.trace_parent())
+        flight = Flight(request, background, agent.epoch, self._events.trace_parent())
         agent.flights[request] = flight
         return flight
 
@@ -542,7 +541,7 @@ class TokenBroker:
                 "debug",
                 "token.refresh.start",
                 {
-                    "client_id": flight.agent.client_id,
+                    "client_id": flight.request.client_id,
                     "scopes": sorted(flight.request.scopes),
                     "background": flight.background,
                 },
@@ -569,7 +568,9 @@ class TokenBroker:
     async def _obtain(self, flight: Flight) -> DelegationToken:
         """Get a token for the flight: through the shared store when there is one. A
         token fetched here wakes the waiters before the store is written."""
-        fetch = functools.partial(self._fetch, flight.agent, flight.request)
+        fetch = functools.partial(
+            self._fetch, self._agents.get(flight.request.client_id), flight.request
+        )
         if self._shared is None:
             return await fetch()
 
@@ -601,12 +602,12 @@ class TokenBroker:
             if flight.done:
                 return
             flight.done = True
-            agent, key = flight.agent, flight.request
+            agent, key = self._agents.get(flight.request.client_id), flight.request
             if agent.flights.get(key) is flight:
                 del agent.flights[key]
             log: outcomes.LogLine | None = None
             if token is not None and flight.epoch != agent.epoch:
-                log = outcomes.fence_stale(flight, token)
+                log = outcomes.fence_stale(agent, flight, token)
             elif token is not None:
                 flight.token = token
                 log = outcomes.cache_token(
@@ -615,7 +616,7 @@ class TokenBroker:
             elif error is not None:
                 flight.error = error
                 log = outcomes.record_failure(
-                    flight, error, self.policy, self._rng, self._monotonic()
+                    agent, flight, error, self.policy, self._rng, self._monotonic()
                 )
             waiters, flight.waiters = flight.waiters, []
         flight.wake(self._flights.home, waiters)

@@ -27,8 +27,6 @@ from ..token import DelegationToken, TokenRequest
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from .agents import AgentState
-
 __all__ = ["Flight", "FlightRunner", "Waiter"]
 
 
@@ -42,9 +40,9 @@ class Waiter:
 
 @dataclass(slots=True, eq=False)
 class Flight:
-    """One fetch for one agent's key, and everyone waiting for it."""
+    """One fetch for one agent's key (``request.client_id`` is the agent), and everyone
+    waiting for it."""
 
-    agent: AgentState
     request: TokenRequest
     background: bool
     epoch: int  # the agent's epoch when the flight started

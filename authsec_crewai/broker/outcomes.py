@@ -56,18 +56,18 @@ def cache_token(
     return level, event, {"client_id": agent.client_id, **facts}
 
 
-def fence_stale(flight: Flight, token: DelegationToken) -> LogLine:
+def fence_stale(agent: AgentState, flight: Flight, token: DelegationToken) -> LogLine:
     """A flight older than the agent's last revocation or invalidation landed: its token
     is not cached, and its waiters ask again (they then meet the revocation)."""
     flight.stale = True
-    entry = flight.agent.cache.entries.get(flight.request)
+    entry = agent.cache.entries.get(flight.request)
     if flight.background and entry is not None:
         entry.serve_until = min(entry.serve_until, entry.advisory_at)  # refresh again later
     return (
         "info",
         "token.fenced",
         {
-            "client_id": flight.agent.client_id,
+            "client_id": agent.client_id,
             "fingerprint": token.fingerprint,
             "jti": token.jti,
             "scopes": sorted(flight.request.scopes),
@@ -77,6 +77,7 @@ def fence_stale(flight: Flight, token: DelegationToken) -> LogLine:
 
 
 def record_failure(
+    agent: AgentState,
     flight: Flight,
     error: errors.AuthSecError,
     policy: RefreshPolicy,
@@ -84,7 +85,7 @@ def record_failure(
     mono: float,
 ) -> LogLine:
     """Apply the failure policy to the flight's agent and key."""
-    agent, key = flight.agent, flight.request
+    key = flight.request
     agent.counts["failures"] += 1
     dropped = 0
     if error.terminal:

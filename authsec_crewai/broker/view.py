@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..token import DelegationToken, ScopesLike
     from .agents import AgentState
-    from .core import TokenBroker
     from .stats import BrokerStats
 
 __all__ = ["BrokerAgent"]
+
+
+class _Broker(Protocol):
+    """What a view needs of its broker (the broker makes views; a view does not import it)."""
+
+    _clock: Callable[[], float]
+
+    async def _serve(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken: ...
+
+    def _cached_of(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken | None: ...
+
+    def _invalidate(self, agent: AgentState, token: DelegationToken) -> bool: ...
+
+    def stats_for(self, client_id: str) -> BrokerStats: ...
 
 
 class BrokerAgent:
@@ -22,7 +36,7 @@ class BrokerAgent:
 
     __slots__ = ("_agent", "_broker", "_clock", "_hot")
 
-    def __init__(self, broker: TokenBroker, agent: AgentState) -> None:
+    def __init__(self, broker: _Broker, agent: AgentState) -> None:
         self._broker = broker
         self._agent = agent
         self._clock = broker._clock
