@@ -100,6 +100,7 @@ class BrokerThread:
         self._closed = False
         self._ended = False  # the loop has stopped: nothing handed to it will run
         self._pending: set[_Job] = set()  # handed to the loop, not finished yet
+        self._starting: tuple[LoopRef, anyio.CancelScope] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._home else "not started")
@@ -161,16 +162,21 @@ class BrokerThread:
             self._ready.set()
 
     async def _main(self) -> None:
-        async with AsyncExitStack() as stack:
-            if self._owns_broker:
-                await stack.enter_async_context(self.broker)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stop = anyio.Event()
-            self._tg, self._home = tg, LoopRef.current()
-            self._ready.set()
-            await self._stop.wait()
-            self._tg = None  # from now on, new calls fail instead of starting
-            tg.cancel_scope.cancel()
+        # Until the broker has entered, close() may cancel a start that hangs. The
+        # scope holds the whole run: the broker's task groups open inside it.
+        with anyio.CancelScope() as starting:
+            self._starting = (LoopRef.current(), starting)
+            async with AsyncExitStack() as stack:
+                if self._owns_broker:
+                    await stack.enter_async_context(self.broker)
+                self._starting = None
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                self._stop = anyio.Event()
+                self._tg, self._home = tg, LoopRef.current()
+                self._ready.set()
+                await self._stop.wait()
+                self._tg = None  # from now on, new calls fail instead of starting
+                tg.cancel_scope.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting calls, cancel running ones, close an owned broker. Idempotent."""
@@ -181,6 +187,10 @@ class BrokerThread:
             thread = self._thread
         if thread is None:
             return
+        starting = self._starting
+        if not self._ready.is_set() and starting is not None:
+            loop, scope = starting  # a start that hangs (or gave up waiting): cancel it
+            loop.call_soon(scope.cancel)
         self._ready.wait(timeout)  # a start in progress: let it finish, then stop it
         home, stop = self._home, self._stop
         if home is None or stop is None:

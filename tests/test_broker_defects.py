@@ -311,6 +311,12 @@ def test_a_broker_thread_gives_up_on_a_broker_whose_entry_hangs(client_id: str) 
     assert not thread.is_alive(), "start() waited for ever"
     assert len(raised) == 1 and isinstance(raised[0], errors.BrokerClosedError)
     assert "did not start within 0.5" in str(raised[0])
+    ours = [t for t in threading.enumerate() if t.name == "authsec-crewai-broker"]
+    assert ours, "the hung start left no thread behind: nothing to prove"
+    sync.close()  # closing cancels the hanging start: its thread ends, none is left behind
+    for leftover in ours:
+        leftover.join(10)
+    assert not any(t.is_alive() for t in ours)
 
 
 # --- rules in one place ---------------------------------------------------------------------

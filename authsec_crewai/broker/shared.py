@@ -78,15 +78,16 @@ class SharedStore:
     ) -> None:
         """Enter the store, report started, and keep it open until :meth:`release`.
 
-        Runs as a task of the broker's task group, in a scope that only
-        :meth:`release` ends (the task group's cancellation does not reach it),
+        Runs as a task of the broker's task group. Once the store is entered,
+        its scope is shielded and only :meth:`release` ends it (the task
+        group's cancellation does not reach it; a hanging entry it does),
         so the store is entered and left in one task and one scope, whoever
         closes the broker and however cancelled they are. Stored tokens are
         checked with ``verify`` when read back.
         """
         from ..stores.fleet import Fleet
 
-        with anyio.CancelScope(shield=True) as scope:
+        with anyio.CancelScope() as scope:  # entering may be cancelled (a store that hangs)
             self._scope = scope
             async with self.store:
                 self._fleet = Fleet(
@@ -98,6 +99,7 @@ class SharedStore:
                 )
                 self._open = True
                 task_status.started()
+                scope.shield = True  # entered: from now on only release() ends it
                 try:
                     await self._released.wait()
                 finally:
