@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "require_redis_server"]
+__all__ = ["RedisServer", "require_binary", "require_redis_server"]
 
 INSTALL_HINT = (
     "redis-server is not installed; install it to run the Redis store tests: "
@@ -26,11 +26,20 @@ INSTALL_HINT = (
 
 def require_redis_server() -> str:
     """The path of ``redis-server``, or skip (fail in CI) with how to install it."""
-    binary = shutil.which("redis-server")
+    return require_binary("redis-server")
+
+
+def require_binary(name: str) -> str:
+    """The path of ``name`` (redis-server, redis-cli, redis-sentinel), or skip (fail in
+    CI): Debian's redis-server package brings all three (redis-tools, redis-sentinel)."""
+    binary = shutil.which(name)
     if binary is None:
+        hint = INSTALL_HINT.replace("redis-server is not installed", f"{name} is not installed")
+        if name == "redis-sentinel":
+            hint += " (Debian: also `sudo apt-get install -y redis-sentinel`)"
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {INSTALL_HINT}")
-        pytest.skip(INSTALL_HINT)
+            pytest.fail(f"CI=true but {hint}")
+        pytest.skip(hint)
     return binary
 
 
@@ -43,11 +52,12 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process without persistence; stop and start it at will."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, *extra: str, port: int | None = None) -> None:
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra  # more redis-server arguments: --requirepass, --user, --cluster-...
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
@@ -66,6 +76,7 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "yes",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,7 +86,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.02)
