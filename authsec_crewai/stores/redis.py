@@ -216,6 +216,7 @@ class RedisStore:
             )
         )
         assert target.service is not None
+        del options["retry_policy"]  # the Sentinel's own applies to its primary
         return await stack.enter_async_context(
             sentinel.primary_for(target.service, db=target.db, **options)
         )
