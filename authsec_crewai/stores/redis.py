@@ -25,14 +25,16 @@ store speaks to one node, a Redis Cluster, or the master a Sentinel names
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+import anyio.abc
 
 from .._redis_urls import RedisTarget, parse_redis_url
 from ..errors import ConfigurationError
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "RedisStore"]
 
+_REBUILD_EVERY = 1.0  # seconds: a failing client is replaced at most this often
 DEFAULT_MAX_CONNECTIONS = 2
 """Command connections per store (per node in a Cluster); pub/sub adds one."""
 
@@ -124,7 +127,9 @@ class RedisStore:
         self.max_connections = max_connections
         self._tls = (tls_ca, tls_cert, tls_key)
         self._client_or_none: Any = None
-        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._failed = anyio.Event()
+        self._built_at = -_REBUILD_EVERY
         self._release: Any = None
         self._renew: Any = None
         self._time: Any = None
@@ -147,20 +152,19 @@ class RedisStore:
     # --- life cycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        # A client per entry: coredis binds its pool to the event loop that enters it.
-        stack = AsyncExitStack()
-        await stack.__aenter__()
+        # The clients live in a task of the store's own, entered and left there: coredis
+        # binds a client to the task (and event loop) that enters it, and the store
+        # replaces its client after a failure (below).
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
         try:
-            client = await self._connect(stack)
-            self._client_or_none, self._stack = client, stack
-            self._release = client.register_script(_RELEASE)
-            self._renew = client.register_script(_RENEW)
-            self._time = client.register_script(_TIME)
-            await self._probe()
+            await tg.start(self._own_clients)
         except BaseException:
-            self._client_or_none, self._stack = None, None
-            await stack.aclose()
+            tg.cancel_scope.cancel()
+            with contextlib.suppress(BaseException):
+                await tg.__aexit__(None, None, None)
             raise
+        self._tg = tg
         return self
 
     async def __aexit__(
@@ -169,9 +173,50 @@ class RedisStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._client_or_none = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def _own_clients(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Hold a connected client; build a new one each time the current one failed.
+
+        A client whose connections broke is not trusted to heal: coredis 6.9 loses a
+        pool slot for each connection that dies while in use, so a bounded pool that
+        lived through an outage could end with none. A fresh client costs one
+        connect, once per failure (at most once a second).
+        """
+        first, pause = True, 0.0
+        while True:
+            await anyio.sleep(pause)
+            self._built_at = anyio.current_time()
+            try:
+                async with AsyncExitStack() as stack:
+                    client = await self._connect(stack)
+                    self._release = client.register_script(_RELEASE)
+                    self._renew = client.register_script(_RENEW)
+                    self._time = client.register_script(_TIME)
+                    self._failed = anyio.Event()
+                    self._client_or_none = client
+                    if first:
+                        await self._probe()
+                        first = False
+                        task_status.started()
+                    await self._failed.wait()
+            except Exception as exc:
+                if first:
+                    self._refuse(exc)
+                    if self.required:
+                        raise self._unreachable(exc) from None
+                    first = False
+                    task_status.started()
+            finally:
+                self._client_or_none = None
+            pause = max(0.0, self._built_at + _REBUILD_EVERY - anyio.current_time())
+
+    def _suspect(self) -> None:
+        """An operation failed: the client is replaced (see :meth:`_own_clients`)."""
+        self._failed.set()
 
     async def _connect(self, stack: AsyncExitStack) -> Any:
         import coredis
@@ -181,7 +226,7 @@ class RedisStore:
         options: dict[str, Any] = {
             "username": target.username,
             "password": target.password,
-            "connect_timeout": self.timeout,
+            "connect_timeout": self.timeout / 2,
             "max_connections": self.max_connections,
             "retry_policy": coredis.retry.NoRetryPolicy(),  # the fleet layer decides
         }
@@ -242,11 +287,15 @@ class RedisStore:
         except Exception as exc:
             self._refuse(exc)
             if self.required:
-                raise ConfigurationError(
-                    f"AUTHSEC_STORE_REQUIRED is on and the Redis token store at {self.url} "
-                    f"cannot be reached ({type(exc).__name__})"
-                ) from None
+                raise self._unreachable(exc) from None
             # Otherwise an outage of the usual kind: the fleet layer reports and retries.
+            self._suspect()
+
+    def _unreachable(self, exc: BaseException) -> ConfigurationError:
+        return ConfigurationError(
+            f"AUTHSEC_STORE_REQUIRED is on and the Redis token store at {self.url} "
+            f"cannot be reached ({type(exc).__name__})"
+        )
 
     def _refuse(self, exc: BaseException) -> None:
         """Raise a ConfigurationError if ``exc`` is refused credentials or TLS."""
@@ -268,65 +317,112 @@ class RedisStore:
 
     # --- the protocol -----------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _watched(self) -> AsyncIterator[Any]:
+        """The current client; a failure (or a timeout cancelling the call) marks it bad."""
+        client = self._client
+        try:
+            yield client
+        except BaseException:
+            if client is self._client_or_none:
+                self._suspect()
+            raise
+
     async def items(self) -> dict[str, bytes]:
         """Every name and value under the prefix (what an attacker reading Redis sees)."""
         out: dict[str, bytes] = {}
-        async for name in self._client.scan_iter(match=f"{self.prefix}*"):
-            value = await self._client.get(name)
-            if value is not None:
-                out[name.decode()] = value
+        async with self._watched() as client:
+            async for name in client.scan_iter(match=f"{self.prefix}*"):
+                value = await client.get(name)
+                if value is not None:
+                    out[name.decode()] = value
         return out
 
     async def get(self, names: Sequence[str]) -> list[bytes | None]:
-        values = await self._client.mget([self.prefix + name for name in names])
+        async with self._watched() as client:
+            values = await client.mget([self.prefix + name for name in names])
         return list(values)
 
     async def put(self, name: str, value: bytes, ttl: float) -> None:
-        await self._client.set(self.prefix + name, value, px=max(1, int(ttl * 1000)))
+        async with self._watched() as client:
+            await client.set(self.prefix + name, value, px=max(1, int(ttl * 1000)))
 
     async def delete(self, names: Sequence[str]) -> None:
         # One call: what is deleted together is one agent's, in one slot (hash tags).
-        await self._client.delete([self.prefix + name for name in names])
+        async with self._watched() as client:
+            await client.delete([self.prefix + name for name in names])
 
     async def acquire(self, name: str, owner: str, ttl: float) -> bool:
         import coredis
 
-        taken = await self._client.set(
-            self.prefix + name,
-            owner,
-            px=max(1, int(ttl * 1000)),
-            condition=coredis.PureToken.NX,
-        )
+        async with self._watched() as client:
+            taken = await client.set(
+                self.prefix + name,
+                owner,
+                px=max(1, int(ttl * 1000)),
+                condition=coredis.PureToken.NX,
+            )
         return bool(taken)
 
     async def renew(self, name: str, owner: str, ttl: float) -> bool:
-        renewed = await self._renew(
-            keys=[self.prefix + name], args=[owner, max(1, int(ttl * 1000))]
-        )
+        async with self._watched():
+            renewed = await self._renew(
+                keys=[self.prefix + name], args=[owner, max(1, int(ttl * 1000))]
+            )
         return bool(renewed)
 
     async def release(self, name: str, owner: str) -> None:
-        await self._release(keys=[self.prefix + name], args=[owner])
+        async with self._watched():
+            await self._release(keys=[self.prefix + name], args=[owner])
 
     async def now(self) -> float:
-        seconds, micros = await self._time(keys=[], args=[])
+        async with self._watched():
+            seconds, micros = await self._time(keys=[], args=[])
         return int(seconds) + int(micros) / 1e6
 
     async def publish(self, message: str) -> None:
-        await self._client.publish(self.channel, message)
+        async with self._watched() as client:
+            await client.publish(self.channel, message)
 
     async def listen(self, on_message: Callable[[str], None]) -> None:
-        async with self._client.pubsub(
-            channels=[self.channel],
-            ignore_subscribe_messages=True,
-            retry_policy=None,
-            subscription_timeout=self.timeout,
-            max_idle_seconds=max(1.0, self.lease_seconds),
-        ) as pubsub:
+        try:
+            await self._listen(on_message)
+        except BaseExceptionGroup as group:
+            # coredis' pub/sub tasks may fail together with the cancellation that stops
+            # the listener (its client was just replaced): the cancellation wins, or the
+            # broker's shutdown would see an error of the old connection.
+            cancelled = _cancellation_in(group)
+            if cancelled is not None:
+                raise cancelled from None
+            raise
+
+    async def _listen(self, on_message: Callable[[str], None]) -> None:
+        async with (
+            self._watched() as client,
+            client.pubsub(
+                channels=[self.channel],
+                ignore_subscribe_messages=True,
+                retry_policy=None,
+                subscription_timeout=self.timeout,
+                max_idle_seconds=max(1.0, self.lease_seconds),
+            ) as pubsub,
+        ):
             async for message in pubsub:
                 data = message.get("data")
                 if isinstance(data, bytes):
                     on_message(data.decode("ascii", "replace"))
+
+
+def _cancellation_in(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    cancelled = anyio.get_cancelled_exc_class()
+    for inner in group.exceptions:
+        if isinstance(inner, cancelled):
+            return inner
+        if isinstance(inner, BaseExceptionGroup):
+            found = _cancellation_in(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
