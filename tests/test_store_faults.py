@@ -27,7 +27,7 @@ from authsec_crewai.broker import RefreshPolicy, TokenBroker
 from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.stores import MemoryStore, SQLiteStore
 from authsec_crewai.stores.base import agent_digest, cache_identity, lease_name
-from authsec_crewai.stores.events import MAX_EVENT_BYTES, EventSigner
+from authsec_crewai.stores.events import MAX_EVENT_BYTES, EventRejected, EventSigner
 from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import TokenRequest
 from authsec_crewai.transports.mock import MockTransport
@@ -429,3 +429,184 @@ async def test_connections_do_not_grow_with_agents(
         others = [c for c in clients if c.get("cmd") not in ("client|list", "client")]
     assert transport.calls == 10
     assert len(others) <= DEFAULT_MAX_CONNECTIONS + 1, others
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(
+        name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, Any], ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer[0])
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(issuer[1], hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = issue("test CA", ca_key, (ca_name, ca_key), ca=True)
+    files: dict[str, Path] = {}
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue(role, key, (ca_name, ca_key), ca=False)
+        files[f"{role}_cert"] = directory / f"{role}.pem"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"] = directory / f"{role}.key"
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    files["ca"] = directory / "ca.pem"
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+@pytest.fixture
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A redis-server that speaks TLS (and asks for a client certificate) on ``tls_port``."""
+    binary = require_redis_server()
+    directory = Path(tmp_path_factory.mktemp("redis-tls"))
+    files = _certificates(directory)
+    tls_port = _free_tcp_port()
+    server = RedisServer(
+        binary,
+        directory,
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(files["server_cert"]),
+        "--tls-key-file",
+        str(files["server_key"]),
+        "--tls-ca-cert-file",
+        str(files["ca"]),
+        "--tls-auth-clients",
+        "yes",
+    ).start()
+    try:
+        yield tls_port, files
+    finally:
+        server.stop()
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_rediss_with_a_ca_bundle_and_a_client_certificate(
+    redis_tls: Any, authority: MockAuthority, client_id: str
+) -> None:
+    from authsec_crewai.stores.redis import RedisStore
+
+    port, files = redis_tls
+    url = f"rediss://127.0.0.1:{port}/0"
+    tls = {"tls_ca": files["ca"], "tls_cert": files["client_cert"], "tls_key": files["client_key"]}
+    transport = MockTransport(authority=authority)
+    async with (
+        broker_on(transport, client_id, RedisStore(url, keys=[KEY], **tls)) as first,
+        broker_on(transport, client_id, RedisStore(url, keys=[KEY], **tls)) as second,
+    ):
+        await first.token(SCOPE)
+        await second.token(SCOPE)
+        assert second.stats.store_hits == 1
+        assert second.stats.store_errors == 0
+    # The server's CA is not in the system's trust store: a configuration error, said so.
+    with pytest.raises(errors.ConfigurationError, match="AUTHSEC_STORE_TLS_CA"):
+        async with broker_on(transport, client_id, RedisStore(url, keys=[KEY])):
+            pass
+    with pytest.raises(errors.ConfigurationError, match="rediss://"):
+        RedisStore(f"redis://127.0.0.1:{port}/0", keys=[KEY], tls_ca=files["ca"])
+
+
+# --- URLs and event keys (no event loop) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "topology", "hosts", "masked"),
+    [
+        ("redis://h:6379/2", "node", [("h", 6379)], "redis://h:6379/2"),
+        ("rediss://u:p%40ss@h/0", "node", [("h", 6379)], "rediss://u:***@h:6379/0"),
+        ("redis://:pw@h:1/0", "node", [("h", 1)], "redis://:***@h:1/0"),
+        (
+            "redis+cluster://u:pw@a:7000,b:7001,[::1]:7002",
+            "cluster",
+            [("a", 7000), ("b", 7001), ("::1", 7002)],
+            "redis+cluster://u:***@a:7000,b:7001,[::1]:7002",
+        ),
+        (
+            "rediss+sentinel://:pw@s1,s2:26380/svc/3",
+            "sentinel",
+            [("s1", 26379), ("s2", 26380)],
+            "rediss+sentinel://:***@s1:26379,s2:26380/svc/3",
+        ),
+    ],
+)
+def test_redis_urls_are_read_one_way_and_shown_masked(
+    url: str, topology: str, hosts: list[tuple[str, int]], masked: str
+) -> None:
+    from authsec_crewai._redis_urls import parse_redis_url
+
+    target = parse_redis_url(url)
+    assert target.topology == topology
+    assert list(target.hosts) == hosts
+    assert target.masked() == masked
+    assert "pw" not in repr(target) and "p@ss" not in repr(target)
+    AuthSecSettings(store=url, store_key="A" * 43)  # the settings accept what the store reads
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://a:1,b:2/0",  # several hosts for one node
+        "redis+sentinel://:s3cr3t-pw@h:26379",  # no service
+        "redis+cluster://:s3cr3t-pw@h:7000/4",  # a Cluster has only db 0
+        "redis://:s3cr3t-pw@h:notaport/0",
+        "redis://:s3cr3t-pw@h:6379/zero",
+        "redis+unknown://:s3cr3t-pw@h",
+    ],
+)
+def test_a_wrong_redis_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(errors.ConfigurationError) as caught:
+        AuthSecSettings(store=url)
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert "AUTHSEC_STORE" in str(caught.value)
+
+
+def test_events_verify_under_every_key_of_a_rotation() -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    sent = EventSigner([old], "authsec:events").seal("ready", ["t:x"], time.time())
+    assert EventSigner([new, old], "authsec:events").open(sent, time.time()).args == ("t:x",)
+    rotated = EventSigner([new, old], "authsec:events").seal("ready", ["t:y"], time.time())
+    assert EventSigner([new], "authsec:events").open(rotated, time.time()).args == ("t:y",)
+    with pytest.raises(EventRejected, match="key mismatch"):
+        EventSigner([old], "authsec:events").open(rotated, time.time())

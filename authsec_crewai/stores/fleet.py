@@ -81,6 +81,7 @@ _FUTURE_SKEW = 60.0  # an entry "written" further ahead (store time) than this i
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
 _LISTEN_BACKOFF_MAX = 2.0  # pub/sub reconnects quickly: missed revocations matter
 _CALIBRATE_EVERY = 30.0  # seconds between two readings of the store's clock
+_ECHO_SECONDS = 1.0  # a revocation this soon after raising a shared answer is its echo
 _REPORT_EVERY = 60.0  # a repeated warning (key mismatch, dropped events) at most this often
 DEFAULT_TERMINAL_SECONDS = 30.0
 """How long a terminal answer is shared: the fleet asks AuthSec about a revoked agent
@@ -133,7 +134,7 @@ class Fleet:
         self._calibrate_at = -math.inf
         self._seen: dict[str, float] = {}  # entry name -> written_at of what was last served
         self._ready: dict[str, anyio.Event] = {}  # entry name -> woken when it is announced
-        self._echoes: set[str] = set()  # agents whose shared terminal answer this process raised
+        self._echoes: dict[str, float] = {}  # agent -> when this process raised its shared answer
         self._reported: dict[str, float] = {}  # warning -> when it was last logged
         self._down = False
         self._failures = 0
@@ -373,7 +374,7 @@ class Fleet:
         except (ValueError, KeyError, TypeError):
             await self._reject(terminal_name(client_id), "a malformed shared answer")
             return
-        self._echoes.add(client_id)  # the broker's revocation that follows is not news
+        self._echoes[client_id] = self._monotonic()  # the revocation that follows is not news
         raise cls(
             f"{message} (answered to another process of the fleet; shared for "
             f"{self.terminal_seconds:g}s)"
@@ -387,9 +388,9 @@ class Fleet:
         """Give the agent a new generation (voiding all its entries), delete the
         entries at hand, tell every other process."""
         requests = list(requests)
-        if fingerprint is None and client_id in self._echoes:
-            self._echoes.discard(client_id)  # the fleet already knows: it told us
-            return
+        raised_at = self._echoes.pop(client_id, -math.inf)
+        if fingerprint is None and self._monotonic() - raised_at < _ECHO_SECONDS:
+            return  # the broker answering the shared terminal answer: the fleet knows
         names = [entry_name(cache_identity(request)) for request in requests]
         names += sorted({latest_name(agent_identity(request)) for request in requests})
         generation = secrets.token_hex(8).encode()

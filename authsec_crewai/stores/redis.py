@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "RedisStore"]
 
 _REBUILD_EVERY = 1.0  # seconds: a failing client is replaced at most this often
+_STALLS_BEFORE_REBUILD = 3  # calls cancelled in a row (timeouts) before the client is replaced
 DEFAULT_MAX_CONNECTIONS = 2
 """Command connections per store (per node in a Cluster); pub/sub adds one."""
 
@@ -130,6 +131,7 @@ class RedisStore:
         self._tg: anyio.abc.TaskGroup | None = None
         self._failed = anyio.Event()
         self._built_at = -_REBUILD_EVERY
+        self._stalls = 0
         self._release: Any = None
         self._renew: Any = None
         self._time: Any = None
@@ -216,6 +218,7 @@ class RedisStore:
 
     def _suspect(self) -> None:
         """An operation failed: the client is replaced (see :meth:`_own_clients`)."""
+        self._stalls = 0
         self._failed.set()
 
     async def _connect(self, stack: AsyncExitStack) -> Any:
@@ -319,14 +322,30 @@ class RedisStore:
 
     @asynccontextmanager
     async def _watched(self) -> AsyncIterator[Any]:
-        """The current client; a failure (or a timeout cancelling the call) marks it bad."""
+        """The current client; one whose connection failed is replaced.
+
+        An error the server sent (``ResponseError``) says the connection works. A
+        call cancelled by the fleet's timeout may only mean a slow server, so the
+        client is replaced after three in a row with no success between.
+        """
+        from coredis.exceptions import ResponseError
+
         client = self._client
         try:
             yield client
-        except BaseException:
+        except ResponseError:
+            raise
+        except Exception:
             if client is self._client_or_none:
                 self._suspect()
             raise
+        except BaseException:  # cancelled: a timeout, or the broker closing
+            self._stalls += 1
+            if self._stalls >= _STALLS_BEFORE_REBUILD and client is self._client_or_none:
+                self._suspect()
+            raise
+        else:
+            self._stalls = 0
 
     async def items(self) -> dict[str, bytes]:
         """Every name and value under the prefix (what an attacker reading Redis sees)."""
