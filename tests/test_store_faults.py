@@ -615,3 +615,23 @@ def test_events_verify_under_every_key_of_a_rotation() -> None:
     assert EventSigner([new], "authsec:events").open(rotated, time.time()).args == ("t:y",)
     with pytest.raises(EventRejected, match="key mismatch"):
         EventSigner([old], "authsec:events").open(rotated, time.time())
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_an_unreachable_redis_is_an_outage_unless_the_store_is_required(
+    scheme: str, authority: MockAuthority, client_id: str
+) -> None:
+    from authsec_crewai.stores.redis import RedisStore
+
+    url = f"{scheme}://:pa55-in-url@127.0.0.1:{_free_tcp_port()}"  # nothing listens there
+    transport = MockTransport(authority=authority)
+    with capture_logs() as logs:
+        store = RedisStore(url, keys=[KEY], timeout=0.2)
+        async with broker_on(transport, client_id, store) as broker:
+            token = await broker.token(SCOPE)  # fetched on its own
+    assert token.client_id == client_id
+    assert transport.calls == 1
+    with pytest.raises(errors.ConfigurationError, match="AUTHSEC_STORE_REQUIRED") as caught:
+        async with broker_on(transport, client_id, RedisStore(url, keys=[KEY], required=True)):
+            pass
+    assert "pa55-in-url" not in str(caught.value) and "pa55-in-url" not in repr(logs)
