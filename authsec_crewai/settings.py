@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -311,9 +310,13 @@ class AuthSecSettings(BaseSettings):
     log_level: LogLevel = Field("INFO", description="Threshold for configure() (see logging).")
     store: str = Field(
         "memory:",
+        # Not in repr: a Redis URL may carry a password (the store shows it masked).
+        repr=False,
         description="Where tokens are shared beyond the process: memory: (this process "
-        "only), sqlite:///path/to/tokens.db (processes on one host), redis://host:port/db "
-        "or rediss:// (processes on many hosts).",
+        "only), sqlite:////abs/path/tokens.db or sqlite:///relative.db (processes on one "
+        "host), redis://host:port/db, redis+cluster://host:port,... or "
+        "redis+sentinel://host:port,.../service/db, rediss... for TLS (processes on many "
+        "hosts).",
     )
     store_key: SecretStr | None = Field(
         None,
@@ -333,6 +336,30 @@ class AuthSecSettings(BaseSettings):
     )
     store_lease: float = Field(
         10.0, gt=0, le=300, description="Fetch lease: a dead holder is replaced after this."
+    )
+
+    # --- shared store: high availability, TLS, failure policy (issue 19) ---------------
+    store_required: bool = Field(
+        False,
+        description="on: a shared store that cannot be reached when the broker starts is a "
+        "configuration error (the process does not start) instead of an outage during "
+        "which each process fetches on its own.",
+    )
+    store_tls_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the Redis server's certificate."
+    )
+    store_tls_cert: Path | None = Field(
+        None, description="Client certificate (PEM) for Redis servers that ask for one."
+    )
+    store_tls_key: Path | None = Field(
+        None, description="The client certificate's private key (PEM), if not in the cert file."
+    )
+    store_max_connections: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Redis command connections per process (per node in a Cluster); "
+        "pub/sub adds one.",
     )
 
     def __init__(self, **values: Any) -> None:
@@ -391,15 +418,24 @@ class AuthSecSettings(BaseSettings):
             if not text.startswith("sqlite:///") or len(text) <= len("sqlite:///"):
                 raise ValueError("a SQLite store is sqlite:///path/to/tokens.db (three slashes)")
             return text
-        if scheme in ("redis", "rediss"):
-            if not urlsplit(text).hostname:
-                raise ValueError("a Redis store is redis://host:port/db (or rediss:// for TLS)")
+        if scheme.startswith(("redis", "rediss")):
+            from ._redis_urls import parse_redis_url
+
+            parse_redis_url(text)  # its ValueError never quotes the URL (a password)
             return text
         raise ValueError(
-            "choose memory:, sqlite:///path/to/tokens.db, redis://host:port/db or rediss://..."
+            "choose memory:, sqlite:///path/to/tokens.db, redis://host:port/db, "
+            "redis+cluster://host:port,... or redis+sentinel://host:port/service/db"
         )
 
-    @field_validator("store_key", "store_old_key", mode="before")
+    @field_validator(
+        "store_key",
+        "store_old_key",
+        "store_tls_ca",
+        "store_tls_cert",
+        "store_tls_key",
+        mode="before",
+    )
     @classmethod
     def _optional_secret(cls, value: Any) -> Any:
         return _empty_to_none(value)

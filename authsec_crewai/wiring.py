@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
@@ -31,15 +33,19 @@ if TYPE_CHECKING:
     from .broker import TokenBroker
     from .fetch import SecureFetcher
     from .policy import RefreshPolicy
+    from .stores.base import TokenStore
     from .transports.base import Transport
 
 __all__ = [
     "build_broker",
     "build_fetcher",
+    "build_store",
     "build_transport",
     "client_id_for",
     "recording_source",
     "refresh_policy",
+    "sqlite_path",
+    "store_keys",
 ]
 
 _auto_mock_warned = threading.Event()
@@ -144,7 +150,6 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     use it with ``async with``.
     """
     from .broker import TokenBroker
-    from .stores import build_store
 
     chosen = transport if transport is not None else build_transport(settings)
     # A transport on its own clock (a recorded session) lives on its own time:
@@ -159,6 +164,76 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         verify_leeway=settings.verify_leeway,
         clock=chosen.info.clock or time.time,
         store=None if own_time else build_store(settings),
+    )
+
+
+def store_keys(settings: AuthSecSettings) -> list[bytes]:
+    """The store keys, sealing key first: ``AUTHSEC_STORE_KEY`` ('new,old' allowed),
+    then ``AUTHSEC_STORE_OLD_KEY``."""
+    from .stores.base import decode_key
+
+    texts: list[tuple[str, str]] = []
+    if settings.store_key is not None:
+        for part in settings.store_key.get_secret_value().split(","):
+            if part.strip():
+                texts.append((part, "AUTHSEC_STORE_KEY"))
+    if settings.store_old_key is not None:
+        texts.append((settings.store_old_key.get_secret_value(), "AUTHSEC_STORE_OLD_KEY"))
+    return [decode_key(text, variable=variable) for text, variable in texts]
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:`` URL names, made absolute once, here.
+
+    The convention is SQLAlchemy's: what follows ``sqlite:///`` is the path, so
+    ``sqlite:////var/lib/app/tokens.db`` (four slashes) is absolute and
+    ``sqlite:///tokens.db`` is relative to the working directory of the process
+    that builds the store. Resolving it at build time means the store, its
+    ``repr`` and its messages name one file, whatever directory the process
+    changes to later.
+    """
+    return Path(os.path.abspath(url.removeprefix("sqlite:///")))
+
+
+def build_store(settings: AuthSecSettings) -> TokenStore | None:
+    """The shared store ``settings`` ask for, or None for ``memory:`` (no sharing).
+
+    A shared store without a key is a configuration error unless
+    ``AUTHSEC_STORE_ENCRYPTION=off`` says so: tokens at rest are bearer
+    credentials.
+    """
+    url = settings.store
+    if url == "memory:":
+        return None
+    keys = store_keys(settings)
+    if settings.store_encryption and not keys:
+        raise ConfigurationError(
+            f"AUTHSEC_STORE={url.partition(':')[0]}:... keeps bearer tokens where other "
+            "processes can read them: set AUTHSEC_STORE_KEY (urlsafe base64 of 32 random bytes), "
+            "or AUTHSEC_STORE_ENCRYPTION=off to store them unencrypted on purpose"
+        )
+    if not settings.store_encryption:
+        keys = []
+    options: dict[str, Any] = {
+        "keys": keys,
+        "timeout": settings.store_timeout,
+        "lease_seconds": settings.store_lease,
+    }
+    options["required"] = settings.store_required
+    if url.startswith("sqlite:"):
+        from .stores.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), **options)
+    from .stores.redis import RedisStore
+
+    return RedisStore(
+        url,
+        encryption=settings.store_encryption,
+        tls_ca=settings.store_tls_ca,
+        tls_cert=settings.store_tls_cert,
+        tls_key=settings.store_tls_key,
+        max_connections=settings.store_max_connections,
+        **options,
     )
 
 
