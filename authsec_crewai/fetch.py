@@ -41,7 +41,7 @@ from . import errors, telemetry
 from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from ._urls import check_base_url
 from ._version import __version__
-from .logging import get_logger
+from .logging import ensure_http_log_filter, get_logger
 from .redact import redact_text, scrub_secrets, scrub_value
 from .token import canonical_scopes
 
@@ -538,6 +538,7 @@ class SecureFetcher:
             # header's token to wherever the API (or an attacker) points.
             # Never closed here: closing a client closes its transport, which
             # may be the mode's transport's shared pool.
+            ensure_http_log_filter()
             self._client = httpx.AsyncClient(
                 transport=self._api_transport,
                 timeout=httpx.Timeout(self.timeout),

@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import _secrets
 from ..errors import ConfigurationError
 from ..token import DelegationToken, TokenRequest
 
@@ -187,6 +188,7 @@ def decode_key(text: str, *, variable: str = "AUTHSEC_STORE_KEY") -> bytes:
             "python -c 'import base64, os; "
             "print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
         )
+    _secrets.remember(text.strip())
     return key
 
 
