@@ -53,6 +53,7 @@ __all__ = [
     "ensure_http_log_filter",
     "get_logger",
     "install_http_log_filter",
+    "is_secret_key",
     "redact_secrets",
     "redact_value",
     "render_line",
@@ -112,7 +113,8 @@ _SAFE_SCALARS = (
 )
 
 
-def _is_secret_key(key: object) -> bool:
+def is_secret_key(key: object) -> bool:
+    """Whether a field (or header) of this name holds a secret whatever its value."""
     if not isinstance(key, str):
         return False
     name = key.strip().lower().replace("-", "_")
@@ -180,7 +182,7 @@ def redact_value(value: Any, *, _depth: int = 0, _seen: frozenset[int] = frozens
         return {
             redact_value(key, _depth=depth, _seen=seen): (
                 _mask_secret(item)
-                if _is_secret_key(key)
+                if is_secret_key(key)
                 else redact_value(item, _depth=depth, _seen=seen)
             )
             for key, item in value.items()
@@ -206,7 +208,7 @@ def redact_value(value: Any, *, _depth: int = 0, _seen: frozenset[int] = frozens
 def _redact_item(item: Any, depth: int, seen: frozenset[int]) -> Any:
     # A ("Authorization", "Bearer ...") pair, as in a list of headers, is a
     # secret-named key too.
-    if isinstance(item, tuple) and len(item) == 2 and _is_secret_key(item[0]):
+    if isinstance(item, tuple) and len(item) == 2 and is_secret_key(item[0]):
         return (redact_value(item[0], _depth=depth, _seen=seen), _mask_secret(item[1]))
     return redact_value(item, _depth=depth, _seen=seen)
 

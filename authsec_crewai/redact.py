@@ -41,11 +41,14 @@ spacing (group 1), the credential (group 2)."""
 
 AUTH_SCHEME_PATTERN = re.compile(
     r"(?i)\b(bearer|basic)(\s+)"
-    rf"(?!{MASKED_JWT_PATTERN.pattern}\b)(?!\[redacted\])([^\s,;\"'<>\[\](){{}}]+)"
+    rf"(?!{MASKED_JWT_PATTERN.pattern}\b)(?!\[redacted\])(?!(?:bearer|basic)\s)"
+    r"([^\s,;\"'<>\[\](){}]+)"
 )
 """Any Bearer or Basic credential, however short, not already masked: the scheme
 (group 1), its spacing (group 2), the credential (group 3). Stricter than
-:data:`BEARER_PATTERN`, for log lines, where even ``Bearer xyz`` is a credential."""
+:data:`BEARER_PATTERN`, for log lines, where even ``Bearer xyz`` is a credential.
+A scheme word followed by another scheme (``basic Basic <credential>``) is not
+taken for the credential, which would hide the real one from the match."""
 
 
 def fingerprint(value: str) -> str:
