@@ -29,7 +29,9 @@ MIN_LENGTH = 8
 
 _lock = threading.Lock()
 _held: OrderedDict[str, None] = OrderedDict()
-_snapshot: tuple[str, ...] = ()
+_snapshot: tuple[str, ...] | None = ()
+"""What :func:`known` returns; None once a change made it stale (rebuilt on the next read,
+so remembering stays O(1) on the token-fetch path)."""
 
 
 def remember(secret: str | None) -> None:
@@ -44,10 +46,16 @@ def remember(secret: str | None) -> None:
         _held[secret] = None
         while len(_held) > CAPACITY:
             _held.popitem(last=False)
-        # Longest first: a secret that contains another is masked whole.
-        _snapshot = tuple(sorted(_held, key=len, reverse=True))
+        _snapshot = None
 
 
 def known() -> tuple[str, ...]:
-    """Every secret kept, longest first (a snapshot: no lock needed to read it)."""
-    return _snapshot
+    """Every secret kept, longest first (a secret that contains another is masked whole)."""
+    global _snapshot
+    snapshot = _snapshot
+    if snapshot is None:
+        with _lock:
+            if _snapshot is None:
+                _snapshot = tuple(sorted(_held, key=len, reverse=True))
+            snapshot = _snapshot
+    return snapshot

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -229,3 +230,14 @@ def test_the_registry_is_bounded_and_ignores_short_values(monkeypatch: pytest.Mo
     assert len(_secrets.known()) == _secrets.CAPACITY
     lengths = [len(s) for s in _secrets.known()]
     assert lengths == sorted(lengths, reverse=True)
+
+
+def test_every_token_the_process_is_handed_is_kept(mock_authority: MockAuthority) -> None:
+    from authsec_crewai.wire import parse_token_body
+
+    body = mock_authority.delegate(str(uuid.uuid4()))
+    token = parse_token_body(body, now=time.time())
+    assert token.value in _secrets.known()
+    with pytest.raises(Exception, match="token"):  # opaque: not a JWT, but still a secret
+        parse_token_body({**body, "token": "opaque-token-" + uuid.uuid4().hex}, now=time.time())
+    assert any(s.startswith("opaque-token-") for s in _secrets.known())

@@ -226,6 +226,21 @@ class SealedCodec:
         nonce = os.urandom(_NONCE_BYTES)
         return _SEALED + key_id + nonce + cipher.encrypt(nonce, plaintext, identity)
 
+    def refusal(self, blob: bytes) -> str | None:
+        """Why :meth:`open` would refuse ``blob`` under any cache key, or None if it may not.
+
+        For a health check (``authsec-crewai doctor``), which reads stored values
+        without the cache keys they are bound to: a value sealed with a key this
+        process does not have is found without opening it.
+        """
+        if self._sealing is None:
+            return None if blob[:1] == _PLAIN else "a sealed entry, but store encryption is off"
+        if blob[:1] != _SEALED:
+            return "an entry that is not sealed"
+        if blob[1 : 1 + _KEY_ID_BYTES] not in self._ciphers:
+            return "an entry sealed with a key this process does not have"
+        return None
+
     def open(self, identity: bytes, blob: bytes) -> bytes:
         if self._sealing is None:
             if blob[:1] != _PLAIN:
@@ -289,6 +304,7 @@ class StoredEntry:
                 jti=None if raw["jti"] is None else str(raw["jti"]),
                 audience=tuple(str(a) for a in raw["audience"]),
             )
+            _secrets.remember(token.value)  # a token another process shared is held here too
             return cls(token=token, written_at=float(raw["w"]))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise EntryRejected(f"a malformed entry ({type(exc).__name__})") from None
