@@ -40,7 +40,7 @@ from ._capped import BodyTooLarge, BodyUndecodable, read_capped
 from ._version import __version__
 from .errors import AuthSecError, ConfigurationError
 from .logging import ensure_http_log_filter
-from .redact import redact_credentials, scrub_secrets
+from .redact import redact_credentials
 from .settings import AuthSecSettings, env_var
 
 __all__ = [
@@ -121,7 +121,7 @@ class Report:
 def safe(text: object) -> str:
     """``text`` on one line, with every secret the process holds and every credential masked."""
     flat = " ".join(str(text).split())
-    return redact_credentials(scrub_secrets(flat, _secrets.known()))
+    return redact_credentials(_secrets.scrub(flat))
 
 
 # --- settings ---------------------------------------------------------------------------

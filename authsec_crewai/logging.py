@@ -265,16 +265,17 @@ class RedactingFilter(logging.Filter):
         super().__init__(name)
         self.secrets = tuple(secret for secret in secrets if secret)
 
+    def _scrub(self, text: str) -> str:
+        return _scrub_text(_secrets.scrub(scrub_secrets(text, self.secrets)))
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a broken format must not break logging
             return True
-        held = (*self.secrets, *_secrets.known())
-        record.msg, record.args = _scrub_text(scrub_secrets(message, held)), None
+        record.msg, record.args = self._scrub(message), None
         if record.exc_info and record.exc_text is None:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = _scrub_text(scrub_secrets(text, held))
+            record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
         return True
 
 

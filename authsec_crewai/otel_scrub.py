@@ -25,6 +25,7 @@ it too); nothing else in the library does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -42,8 +43,15 @@ _MAX_DEPTH = 16
 """Nested attribute values deeper than this are cut off (OpenTelemetry nests little)."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _names_secret(key: str) -> bool:
+    """Whether an attribute's name (its last dotted part) names a secret (names repeat:
+    cached)."""
+    return is_secret_key(key.rsplit(".", 1)[-1])
+
+
 class _Scrubber:
-    """The rules for one export: the exact secrets known at its start."""
+    """The rules for one export: the application's own exact secrets, and the library's."""
 
     __slots__ = ("secrets",)
 
@@ -51,13 +59,26 @@ class _Scrubber:
         self.secrets = secrets
 
     def text(self, text: str) -> str:
-        return redact_credentials(scrub_secrets(text, self.secrets))
+        if self.secrets:
+            text = scrub_secrets(text, self.secrets)
+        return redact_credentials(_secrets.scrub(text))
 
     def value(self, value: Any, *, secret: bool = False, depth: int = 0) -> Any:
         """An attribute value, scrubbed; the very same object when nothing changed."""
         if isinstance(value, str):
             scrubbed = mask_secret(value) if secret and value else self.text(value)
             return value if scrubbed == value else scrubbed
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if depth >= _MAX_DEPTH:
+            return "[...]"
+        if isinstance(value, tuple | list) or (
+            isinstance(value, Sequence) and not isinstance(value, bytes | bytearray)
+        ):
+            members = [self.value(v, secret=secret, depth=depth + 1) for v in value]
+            if all(new is old for new, old in zip(members, value, strict=True)):
+                return value
+            return tuple(members)
         if isinstance(value, bytes):
             try:
                 decoded = value.decode("utf-8")
@@ -65,19 +86,12 @@ class _Scrubber:
                 return value
             scrubbed = self.value(decoded, secret=secret, depth=depth)
             return value if scrubbed == decoded else scrubbed.encode("utf-8")
-        if depth >= _MAX_DEPTH:
-            return value if isinstance(value, bool | int | float) else "[...]"
         if isinstance(value, Mapping):
             items = {
                 k: self.value(v, secret=is_secret_key(k), depth=depth + 1) for k, v in value.items()
             }
             changed = any(items[k] is not v for k, v in value.items())
             return items if changed else value
-        if isinstance(value, Sequence):
-            members = [self.value(v, secret=secret, depth=depth + 1) for v in value]
-            if all(new is old for new, old in zip(members, value, strict=True)):
-                return value
-            return tuple(members)
         return value
 
     def attributes(self, attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -85,8 +99,7 @@ class _Scrubber:
         if not attributes:
             return attributes
         scrubbed = {
-            key: self.value(value, secret=is_secret_key(key.rsplit(".", 1)[-1]))
-            for key, value in attributes.items()
+            key: self.value(value, secret=_names_secret(key)) for key, value in attributes.items()
         }
         changed = any(scrubbed[key] is not value for key, value in attributes.items())
         return scrubbed if changed else attributes
@@ -170,7 +183,7 @@ def scrub_span(span: ReadableSpan, secrets: Iterable[str] = ()) -> ReadableSpan:
     ``secrets`` are exact values to remove on top of those the library holds.
     Returns ``span`` itself when there was nothing to remove.
     """
-    return _scrub(span, _Scrubber((*(s for s in secrets if s), *_secrets.known())))
+    return _scrub(span, _Scrubber(tuple(s for s in secrets if s)))
 
 
 class ScrubbingSpanExporter(SpanExporter):
@@ -190,7 +203,7 @@ class ScrubbingSpanExporter(SpanExporter):
         return f"ScrubbingSpanExporter({self.exporter!r}, secrets=<{len(self._secrets)}>)"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        scrub = _Scrubber((*self._secrets, *_secrets.known()))
+        scrub = _Scrubber(self._secrets)
         return self.exporter.export([_scrub(span, scrub) for span in spans])
 
     def shutdown(self) -> None:

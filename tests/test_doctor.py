@@ -4,6 +4,7 @@ exit status a script can act on, and ``--canary`` catches a leak planted in the 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
+from _redis import RedisServer
 from _server import MockServer
 from click.testing import CliRunner, Result
 
@@ -342,3 +344,51 @@ def test_a_tool_result_that_echoes_the_token_is_caught(monkeypatch: pytest.Monke
     code, checks = _report("--canary", env={"AUTHSEC_MODE": "mock"})
     assert code == EXIT_FAILED
     assert checks["canary.result"]["status"] == "fail"
+
+
+def test_a_redis_store_with_a_wrong_key_fails_and_the_right_one_passes(
+    redis_server: RedisServer,
+) -> None:
+    from authsec_crewai.stores import RedisStore
+    from authsec_crewai.stores.base import decode_key
+
+    key = _key()
+
+    async def write() -> None:
+        async with RedisStore(redis_server.url, keys=[decode_key(key)]) as store:
+            await store.put("entry", store.codec.seal(b"identity", b"a token"), 60)
+
+    anyio.run(write)
+    env = {"AUTHSEC_MODE": "mock", "AUTHSEC_STORE": redis_server.url, "AUTHSEC_STORE_KEY": key}
+    code, checks = _report(env=env)
+    assert code == EXIT_OK, checks
+    assert checks["store"]["details"] == {"entries": 1, "refused": 0}
+    code, checks = _report(env={**env, "AUTHSEC_STORE_KEY": _key()})
+    assert code == EXIT_FAILED
+    assert "a key this process does not have" in checks["store"]["summary"]
+
+
+def test_a_dead_redis_store_fails_reaching_it() -> None:
+    env = {
+        "AUTHSEC_MODE": "mock",
+        "AUTHSEC_STORE": f"redis://127.0.0.1:{_closed_port()}/0",
+        "AUTHSEC_STORE_KEY": _key(),
+    }
+    code, checks = _report(env=env)
+    assert code == EXIT_FAILED
+    assert checks["store"]["status"] == "fail"
+    assert "cannot open the redis store" in checks["store"]["summary"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_doctor_and_its_canary_run_under_asyncio_and_trio(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authsec_crewai.doctor import run_doctor
+
+    monkeypatch.setenv("AUTHSEC_MODE", "mock")
+    report = anyio.run(functools.partial(run_doctor, canary=True), backend=backend)
+    assert report.exit_code == EXIT_OK, report.to_dict()
+    assert {c.name: c.status for c in report.checks if c.name.startswith("canary.")} == (
+        dict.fromkeys(CANARY_SINKS, "ok")
+    )

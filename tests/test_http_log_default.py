@@ -219,7 +219,7 @@ def test_a_filtered_record_is_never_dropped_and_known_secrets_are_masked(
 
 def test_the_registry_is_bounded_and_ignores_short_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_secrets, "_held", OrderedDict())
-    monkeypatch.setattr(_secrets, "_snapshot", ())
+    monkeypatch.setattr(_secrets, "_index", None)
     _secrets.remember("short")
     assert "short" not in _secrets.known()
     first = "first-" + uuid.uuid4().hex
@@ -241,3 +241,18 @@ def test_every_token_the_process_is_handed_is_kept(mock_authority: MockAuthority
     with pytest.raises(Exception, match="token"):  # opaque: not a JWT, but still a secret
         parse_token_body({**body, "token": "opaque-token-" + uuid.uuid4().hex}, now=time.time())
     assert any(s.startswith("opaque-token-") for s in _secrets.known())
+
+
+@pytest.mark.parametrize("held", [3, 300])  # searched one by one, and by prefix
+def test_scrub_masks_every_kept_secret_by_value(monkeypatch: pytest.MonkeyPatch, held: int) -> None:
+    monkeypatch.setattr(_secrets, "_held", OrderedDict())
+    monkeypatch.setattr(_secrets, "_index", None)
+    kept = [f"opaque-{n:04d}-{uuid.uuid4().hex}" for n in range(held)]
+    for secret in kept:
+        _secrets.remember(secret)
+    longer = kept[-1] + "-and-more"  # a secret that contains another is masked whole
+    _secrets.remember(longer)
+    text = f"a={kept[0]}&b={longer};c={kept[0]}{kept[1]} end"
+    scrubbed = _secrets.scrub(text)
+    assert scrubbed == "a=[redacted]&b=[redacted];c=[redacted][redacted] end"
+    assert _secrets.scrub("nothing here, and short") == "nothing here, and short"
