@@ -200,8 +200,8 @@ async def probe(
 ) -> Probe:
     """GET ``url`` once, ``within`` seconds for the whole exchange, following no redirect.
 
-    ``https://`` is verified against the system's certificate authorities, as
-    the library's own clients are: an answer over ``https`` means a verified
+    ``https://`` is verified as the library's own clients verify it (httpx's
+    default trust store): an answer over ``https`` means a verified
     certificate. ``clock`` is this host's wall clock, compared with the
     server's ``Date`` (which has a one-second resolution: its middle is used).
     """

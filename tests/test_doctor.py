@@ -93,6 +93,7 @@ def test_the_text_report_fits_80_columns_and_shows_no_token(
             authsec_server.url,
             client_id,
             AUTHSEC_API_BASE_URL=authsec_server.url + "/a/much/longer/prefix/of/the/protected/api",
+            COLUMNS="80",  # what rich assumes when standard output is not a terminal
         )
     )
     assert result.exit_code == EXIT_OK, result.output
