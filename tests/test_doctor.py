@@ -393,3 +393,20 @@ def test_the_doctor_and_its_canary_run_under_asyncio_and_trio(
     assert {c.name: c.status for c in report.checks if c.name.startswith("canary.")} == (
         dict.fromkeys(CANARY_SINKS, "ok")
     )
+
+
+def test_replay_reads_the_cassette_and_record_needs_a_writable_place(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    code, checks = _report(env={"AUTHSEC_MODE": "replay", "AUTHSEC_CASSETTE": str(missing)})
+    assert code == EXIT_FAILED
+    assert checks["cassette"]["status"] == "fail"
+    assert checks["api"]["status"] == "skip"
+    target = tmp_path / "new.json"
+    code, checks = _report(env={"AUTHSEC_MODE": "record", "AUTHSEC_CASSETTE": str(target)})
+    assert code == EXIT_OK
+    assert checks["cassette"]["status"] == "ok"
+    assert checks["authsec"]["status"] == "skip"  # recording the mock: nothing to reach
+    unwritable = tmp_path / "no" / "such" / "dir.json"
+    code, checks = _report(env={"AUTHSEC_MODE": "record", "AUTHSEC_CASSETTE": str(unwritable)})
+    assert code == EXIT_FAILED
+    assert checks["cassette"]["status"] == "fail"
