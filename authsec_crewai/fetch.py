@@ -533,12 +533,13 @@ class SecureFetcher:
     # --- plumbing ------------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
+        # Also for a client the caller gave: its logs carry the token all the same.
+        ensure_http_log_filter()
         if self._client is None:
             # follow_redirects=False: a redirect would carry the Authorization
             # header's token to wherever the API (or an attacker) points.
             # Never closed here: closing a client closes its transport, which
             # may be the mode's transport's shared pool.
-            ensure_http_log_filter()
             self._client = httpx.AsyncClient(
                 transport=self._api_transport,
                 timeout=httpx.Timeout(self.timeout),

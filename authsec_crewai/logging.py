@@ -309,8 +309,9 @@ _ensure_lock = threading.Lock()
 def ensure_http_log_filter() -> None:
     """The secure default: the HTTP stack's logs scrubbed without being asked.
 
-    Called wherever the library builds an HTTP client (the live transport, the
-    fetcher, the command line), before the client can log. The first call
+    Called wherever the library builds or uses an HTTP client (the live
+    transport, the fetcher, ``BrokerAuth``, the command line), before the
+    client can log, also one the caller built. The first call
     puts one :class:`RedactingFilter` on each logger of :data:`HTTP_LOGGERS`,
     unless :data:`HTTP_LOG_FILTER_VARIABLE` says ``off`` or the application
     already put one there (its own :func:`install_http_log_filter`, perhaps

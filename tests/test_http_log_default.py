@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server import LoopbackServer
+from _server import LoopbackServer, MockServer
 
 import authsec_crewai.logging as library_logging
 from authsec_crewai import _secrets
@@ -256,3 +256,20 @@ def test_scrub_masks_every_kept_secret_by_value(monkeypatch: pytest.MonkeyPatch,
     scrubbed = _secrets.scrub(text)
     assert scrubbed == "a=[redacted]&b=[redacted];c=[redacted][redacted] end"
     assert _secrets.scrub("nothing here, and short") == "nothing here, and short"
+
+
+@pytest.mark.anyio
+async def test_a_client_the_caller_built_gets_the_filter_too(
+    fresh_http_loggers: list[logging.Logger], authsec_server: MockServer, client_id: str
+) -> None:
+    import httpx
+
+    from authsec_crewai.token import TokenRequest
+    from authsec_crewai.transports.live import LiveTransport
+
+    authsec_server.authority.delegate(client_id)
+    async with httpx.AsyncClient() as client:
+        transport = LiveTransport(authsec_server.url, client=client)
+        assert all(logger.filters == [] for logger in fresh_http_loggers)  # nothing used yet
+        await transport.fetch_token(TokenRequest.create(client_id, ["read:records"]))
+    assert all(len(logger.filters) == 1 for logger in fresh_http_loggers)

@@ -198,8 +198,9 @@ class LiveTransport:
     # --- plumbing --------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
+        # Also for a client the caller gave: its logs carry the API token all the same.
+        ensure_http_log_filter()
         if self._client is None:
-            ensure_http_log_filter()
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
