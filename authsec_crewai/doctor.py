@@ -50,12 +50,15 @@ __all__ = [
     "Check",
     "Probe",
     "Report",
+    "TokenServerProbe",
     "check_api",
     "check_settings",
     "check_store",
     "check_token_server",
+    "check_verification",
     "probe",
     "run_doctor",
+    "safe",
     "token_server_probe",
 ]
 
@@ -163,6 +166,19 @@ def check_settings() -> tuple[Check, AuthSecSettings | None]:
     }
     status: Status = "warn" if settings.auto_chose_mock else "ok"
     return Check("settings", status, f"{mode} mode: {reason}", details), settings
+
+
+def check_verification(settings: AuthSecSettings) -> list[Check]:
+    """A warning when token signatures are not checked on purpose."""
+    if settings.verify:
+        return []
+    return [
+        Check(
+            "settings.verify",
+            "warn",
+            f"{env_var('verify')} is off: token signatures and claims are not checked",
+        )
+    ]
 
 
 # --- reaching a server ------------------------------------------------------------------
@@ -580,6 +596,7 @@ async def run_doctor(*, canary: bool = False, clock: Callable[[], float] = time.
     settings_result, settings = check_settings()
     checks = [settings_result]
     if settings is not None:
+        checks += check_verification(settings)
         checks += await check_token_server(settings, clock=clock)
         checks += await check_api(settings, clock=clock)
         checks += await check_store(settings)

@@ -111,6 +111,14 @@ def test_auto_mode_says_why_it_chose_mock() -> None:
     assert checks["authsec"]["status"] == "skip"
 
 
+def test_verification_turned_off_is_a_warning() -> None:
+    code, checks = _report(env={"AUTHSEC_MODE": "mock", "AUTHSEC_VERIFY": "false"})
+    assert code == EXIT_OK
+    assert checks["settings.verify"]["status"] == "warn"
+    _, checks = _report(env={"AUTHSEC_MODE": "mock"})
+    assert "settings.verify" not in checks
+
+
 def test_settings_that_do_not_resolve_exit_2() -> None:
     code, checks = _report(env={"AUTHSEC_MODE": "live"})
     assert code == EXIT_CONFIGURATION
