@@ -15,8 +15,14 @@ one call with the token in its error. Through that run:
 - **cassette**: the session recorded as ``AUTHSEC_MODE=record`` would;
 - **result**: the JSON text the CrewAI tools return, for an answer and an error.
 
-A sink that holds the token, its claims or its signature, or the API token,
-fails its check. A sink nothing reached proves nothing and says so.
+A sink that holds the token or its signature, or the API token, fails its
+check (a cassette keeps a token's header and claims without its signature: no
+credential). A sink nothing reached proves nothing and says so.
+
+For the run, stdlib logging is set to DEBUG with a handler of the canary's,
+structlog is set aside, and the library's telemetry points at a provider of
+the canary's; afterwards levels and structlog are put back and telemetry
+points at the global providers again. It is meant for the command line.
 """
 
 from __future__ import annotations
