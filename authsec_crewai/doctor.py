@@ -212,7 +212,6 @@ async def probe(
     headers: Mapping[str, str] | None = None,
     within: float = 10.0,
     clock: Callable[[], float] = time.time,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Probe:
     """GET ``url`` once, ``within`` seconds for the whole exchange, following no redirect.
 
@@ -226,7 +225,6 @@ async def probe(
         timeout=httpx.Timeout(within),
         follow_redirects=False,
         headers={"user-agent": f"authsec-crewai/{__version__} (doctor)"},
-        transport=transport,
     ) as client:
         sent_at, started = clock(), time.monotonic()
         try:
