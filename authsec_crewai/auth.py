@@ -31,6 +31,7 @@ import httpx
 from . import telemetry
 from .broker import TokenBroker
 from .errors import ConfigurationError
+from .logging import ensure_http_log_filter
 from .sync import SyncTokenBroker
 from .token import DelegationToken, ScopesLike, canonical_scopes
 
@@ -59,6 +60,9 @@ class BrokerAuth(httpx.Auth):
             raise ConfigurationError(f"BrokerAuth scopes: {exc}") from None
         # One string: the broker remembers the request it maps to (no per-call parsing).
         self._scope_text = " ".join(sorted(self.scopes))
+        # The application's client will log through httpx/httpcore with the token
+        # in its headers: the secure default applies to it as to the library's own.
+        ensure_http_log_filter()
         self._sync = broker if isinstance(broker, SyncTokenBroker) else None
         self.broker = broker.broker if isinstance(broker, SyncTokenBroker) else broker
         self.mode = self.broker.transport.info.mode

@@ -41,7 +41,7 @@ from . import errors, telemetry
 from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from ._urls import check_base_url
 from ._version import __version__
-from .logging import get_logger
+from .logging import ensure_http_log_filter, get_logger
 from .redact import redact_text, scrub_secrets, scrub_value
 from .token import canonical_scopes
 
@@ -539,6 +539,8 @@ class SecureFetcher:
     # --- plumbing ------------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
+        # Also for a client the caller gave: its logs carry the token all the same.
+        ensure_http_log_filter()
         if self._client is None:
             # follow_redirects=False: a redirect would carry the Authorization
             # header's token to wherever the API (or an attacker) points.

@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .. import _secrets
 from ..policy import RefreshPolicy, Zone
 from ..token import DelegationToken, ScopesLike, TokenRequest
 
@@ -165,7 +166,10 @@ class TokenCache:
         server re-confirmed is not churn: its schedule stays, and it is looked
         at again only after a while. The same JWT cached under another scope
         set is not a new issue either (AuthSec keeps one token per agent).
+        Every cached token is a secret every sink masks by value, whatever
+        source (an opaque OAuth token looks like nothing) it came from.
         """
+        _secrets.remember(token.value)
         facts: dict[str, object] = {"fingerprint": token.fingerprint, "jti": token.jti}
         current = self.entries.get(key)
         if current is not None and current.token.value == token.value:

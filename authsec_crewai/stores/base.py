@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import _secrets
 from ..errors import ConfigurationError
 from ..token import DelegationToken, TokenRequest
 from .events import EventSigner
@@ -246,6 +247,7 @@ def decode_key(text: str, *, variable: str = "AUTHSEC_STORE_KEY") -> bytes:
             "python -c 'import base64, os; "
             "print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
         )
+    _secrets.remember(text.strip())
     return key
 
 
@@ -287,6 +289,21 @@ class SealedCodec:
         key_id, cipher = self._sealing
         nonce = os.urandom(_NONCE_BYTES)
         return _SEALED + key_id + nonce + cipher.encrypt(nonce, plaintext, identity)
+
+    def refusal(self, blob: bytes) -> str | None:
+        """Why :meth:`open` would refuse ``blob`` under any cache key, or None if it may not.
+
+        For a health check (``authsec-crewai doctor``), which reads stored values
+        without the cache keys they are bound to: a value sealed with a key this
+        process does not have is found without opening it.
+        """
+        if self._sealing is None:
+            return None if blob[:1] == _PLAIN else "a sealed entry, but store encryption is off"
+        if blob[:1] != _SEALED:
+            return "an entry that is not sealed"
+        if blob[1 : 1 + _KEY_ID_BYTES] not in self._ciphers:
+            return "an entry sealed with a key this process does not have"
+        return None
 
     def open(self, identity: bytes, blob: bytes) -> bytes:
         if self._sealing is None:
@@ -356,6 +373,7 @@ class StoredEntry:
                 jti=None if raw["jti"] is None else str(raw["jti"]),
                 audience=tuple(str(a) for a in raw["audience"]),
             )
+            _secrets.remember(token.value)  # a token another process shared is held here too
             return cls(token=token, written_at=float(raw["w"]), generation=str(raw["g"]))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise EntryRejected(f"a malformed entry ({type(exc).__name__})") from None
