@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio.lowlevel
 import httpx
-from crewai.tools import BaseTool, EnvVar
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
 from . import errors
 from ._brokerthread import BrokerThread
+from ._lazy import requires_extra
 from .broker import TokenBroker
 from .fetch import OK_PREFIX, ParamsLike, SecureFetcher
 from .logging import get_logger
@@ -62,6 +62,9 @@ from .toolspec import (
     fetch_text,
 )
 from .wiring import build_broker, build_fetcher, client_id_for, refresh_policy
+
+with requires_extra("crewai", "the CrewAI tools"):
+    from crewai.tools import BaseTool, EnvVar
 
 if TYPE_CHECKING:
     from .transports.base import Transport

@@ -13,10 +13,12 @@ and a blocking ``invoke`` would have to hide one.
 
 from __future__ import annotations
 
-from langchain_core.tools import StructuredTool
-
+from .._lazy import requires_extra
 from ..fetch import SecureFetcher
 from ..toolspec import DEFAULT_TOOL_NAME, QueryParam, SecureFetchArgs, describe_tool, fetch_text
+
+with requires_extra("langchain", "the LangChain tool"):
+    from langchain_core.tools import StructuredTool
 
 __all__ = ["secure_fetch_tool"]
 

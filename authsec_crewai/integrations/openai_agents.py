@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import FunctionTool, RunContextWrapper, function_tool
-
+from .._lazy import requires_extra
 from ..fetch import SecureFetcher
 from ..toolspec import DEFAULT_TOOL_NAME, QueryParam, describe_tool, fetch_text, fetcher_from
+
+with requires_extra("openai-agents", "the OpenAI Agents SDK tool"):
+    from agents import FunctionTool, RunContextWrapper, function_tool
 
 __all__ = ["secure_fetch_tool"]
 

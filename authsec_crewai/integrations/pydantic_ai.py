@@ -23,11 +23,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pydantic_ai import RunContext, Tool
-from pydantic_ai.tools import ToolDefinition
-
+from .._lazy import requires_extra
 from ..fetch import SecureFetcher
 from ..toolspec import DEFAULT_TOOL_NAME, QueryParam, describe_tool, fetch_text, fetcher_from
+
+with requires_extra("pydantic-ai", "the PydanticAI tool"):
+    from pydantic_ai import RunContext, Tool
+    from pydantic_ai.tools import ToolDefinition
 
 __all__ = ["secure_fetch_tool"]
 

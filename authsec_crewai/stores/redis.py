@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from .._lazy import requires_extra
 from ..errors import ConfigurationError
 from .base import DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, SealedCodec
 
@@ -50,12 +51,8 @@ class RedisStore:
         poll_interval: float = 0.5,
         prefix: str = "authsec:",
     ) -> None:
-        try:
+        with requires_extra("redis", "a Redis token store"):
             import coredis  # noqa: F401 (fail at configuration time, not at first use)
-        except ImportError:
-            raise ConfigurationError(
-                "a Redis token store needs coredis: pip install 'authsec-crewai[redis]'"
-            ) from None
         if encryption and not keys:
             raise ConfigurationError(
                 "a Redis token store keeps bearer tokens where others can read them: set "
