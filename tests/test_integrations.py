@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fixtures)
 
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.fetch import SecureFetcher
 from authsec_crewai.settings import AuthSecSettings
+from authsec_crewai.testing import TOKEN_PATH
 from authsec_crewai.tools import AuthSecSecureFetchTool
 from authsec_crewai.toolspec import DEFAULT_TOOL_NAME
 from authsec_crewai.transports.mock import MockTransport
@@ -129,16 +131,75 @@ async def test_langchain_tool_calls_answer_as_the_crewai_tool(
     assert conversation[-1].content == "done"
 
 
+def langgraph_app(tool: Any, *, use_async: bool) -> Any:
+    """A LangGraph graph: a scripted chat model node asks for every corpus call in one
+    turn, LangGraph's ``ToolNode`` runs them, and the model answers; sync or async nodes."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    calls = [
+        {"name": tool.name, "args": args_of(call), "id": f"call_{i}", "type": "tool_call"}
+        for i, call in enumerate(CALLS)
+    ]
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage(content="", tool_calls=calls), AIMessage(content="done")])
+    )
+
+    def think(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    async def athink(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", athink if use_async else think)
+    graph.add_node("tools", ToolNode([tool]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition, {"tools": "tools", END: END})
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
 @pytest.mark.anyio
-async def test_langchain_tool_is_async_only_and_says_so() -> None:
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync-graph", "async-graph"])
+@pytest.mark.parametrize("mode", ["mock", "live"])
+async def test_langgraph_tool_node_runs_the_tool_from_settings(
+    crewai_answers: list[dict[str, Any]], use_async: bool, mode: str, request: Any
+) -> None:
+    """``secure_fetch_tool()`` from settings alone in LangGraph's ``ToolNode``: a sync
+    graph (``invoke``, the tool's sync path) and an async one (``ainvoke``), in mock mode
+    and in live mode against the mock server on a real socket."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
     from authsec_crewai.integrations.langchain import secure_fetch_tool
 
-    async with mock_fetcher() as fetcher:
-        tool = secure_fetch_tool(fetcher, name="vault")
-        with pytest.raises(NotImplementedError, match="sync"):
-            tool.invoke(args_of(CALLS[0]))
-        assert tool.name == "vault"
-        assert set(tool.args) == {"endpoint", "scope", "params"}
+    configured = settings()
+    if mode == "live":
+        server = request.getfixturevalue("authsec_server")
+        configured = configured.model_copy(
+            update={"mode": "live", "base_url": server.url, "retry_budget": 0}
+        )
+    tool = secure_fetch_tool(settings=configured)
+    app = langgraph_app(tool, use_async=use_async)
+    question = {"messages": [HumanMessage("Brief me on the vault")]}
+    if use_async:
+        state = await app.ainvoke(question)
+    else:
+        state = await anyio.to_thread.run_sync(app.invoke, question)  # a plain sync caller
+    results = [m for m in state["messages"] if isinstance(m, ToolMessage)]
+    assert [m.tool_call_id for m in results] == [f"call_{i}" for i in range(len(CALLS))]
+    assert [m.status for m in results] == [
+        "success" if kind is None else "error" for kind in EXPECTED_KINDS
+    ]
+    if mode == "mock":
+        assert_same_as_crewai([str(m.content) for m in results], crewai_answers)
+    else:  # the same kinds of answer; live data and messages name the live server
+        assert [json.loads(str(m.content)).get("error") for m in results] == EXPECTED_KINDS
+        # ToolNode runs the calls at once: at most one fetch per scope asked for (3).
+        assert 1 <= server.count(TOKEN_PATH) <= 3
+    assert state["messages"][-1].content == "done"
 
 
 # --- PydanticAI -------------------------------------------------------------------------------

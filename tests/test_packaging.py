@@ -183,3 +183,26 @@ def test_the_helper_blames_only_the_extras_own_modules() -> None:
     assert isinstance(named.value, ImportError | errors.ConfigurationError)
     assert named.value.name == "crewai" and named.value.extra == "crewai"
     assert named.value.kind == "missing_extra"
+
+
+def test_the_langchain_tool_works_without_crewai_or_any_other_extra() -> None:
+    done = run_without(
+        EVERY_EXTRA - EXTRAS["langchain"] - EXTRAS["httpx2"],  # langsmith imports httpx2
+        """
+        import asyncio, json, os
+        os.environ.update(AUTHSEC_MODE="mock")
+        from authsec_crewai.integrations.langchain import secure_fetch_tool
+
+        tool = secure_fetch_tool()
+        call = {"name": tool.name, "id": "1", "type": "tool_call",
+                "args": {"endpoint": "secure-vault/records", "scope": "read:records"}}
+        sync = tool.invoke(call)
+        asynchronous = asyncio.run(tool.ainvoke(call))
+        assert sync.status == asynchronous.status == "success", (sync, asynchronous)
+        assert json.loads(sync.content)["data"]["count"] == 6
+        import sys
+        print("ok", sorted({m.partition(".")[0] for m in sys.modules} & REFUSED))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok []"
