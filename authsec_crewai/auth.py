@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -34,16 +35,17 @@ from .errors import ConfigurationError
 from .sync import SyncTokenBroker
 from .token import DelegationToken, ScopesLike, canonical_scopes
 
-__all__ = ["BrokerAuth"]
+__all__ = ["BrokerAuth", "BrokerAuthFlow"]
 
 
-class BrokerAuth(httpx.Auth):
-    """Attach the broker's token for ``scopes``; on a 401, refetch and retry once.
+class BrokerAuthFlow:
+    """What ``BrokerAuth`` does, for any client with httpx's ``Auth`` protocol.
 
-    ``broker`` is a :class:`TokenBroker` (async clients only) or a
-    :class:`SyncTokenBroker` (sync and async clients). The request body is
-    read before sending (``requires_request_body``), so the retry can resend
-    it.
+    httpx and httpx2 each check ``isinstance(auth, <their own> Auth)``, so one
+    class cannot serve both; each subclasses this and its client's ``Auth``
+    (:class:`BrokerAuth` for httpx, and
+    :class:`authsec_crewai.integrations.httpx2.BrokerAuth` for httpx2), and the
+    flows here only use what the two request and response types share.
     """
 
     requires_request_body = True
@@ -51,12 +53,13 @@ class BrokerAuth(httpx.Auth):
     def __init__(self, broker: TokenBroker | SyncTokenBroker, scopes: ScopesLike) -> None:
         if not isinstance(broker, TokenBroker | SyncTokenBroker):
             raise ConfigurationError(
-                f"BrokerAuth needs a TokenBroker or SyncTokenBroker, not {type(broker).__name__}"
+                f"{type(self).__name__} needs a TokenBroker or SyncTokenBroker, "
+                f"not {type(broker).__name__}"
             )
         try:
             self.scopes = canonical_scopes(scopes)
         except ValueError as exc:
-            raise ConfigurationError(f"BrokerAuth scopes: {exc}") from None
+            raise ConfigurationError(f"{type(self).__name__} scopes: {exc}") from None
         # One string: the broker remembers the request it maps to (no per-call parsing).
         self._scope_text = " ".join(sorted(self.scopes))
         self._sync = broker if isinstance(broker, SyncTokenBroker) else None
@@ -66,13 +69,13 @@ class BrokerAuth(httpx.Auth):
         )
 
     def __repr__(self) -> str:
-        return f"BrokerAuth(scopes={sorted(self.scopes)!r}, broker={self.broker!r})"
+        return f"{type(self).__name__}(scopes={sorted(self.scopes)!r}, broker={self.broker!r})"
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         if self._sync is None:
             raise ConfigurationError(
-                "a sync httpx.Client needs BrokerAuth(SyncTokenBroker(...), scopes); "
-                "a TokenBroker serves async clients (httpx.AsyncClient)"
+                f"a sync client needs {type(self).__name__}(SyncTokenBroker(...), scopes); "
+                "a TokenBroker serves async clients (AsyncClient)"
             )
         token = self._sync.token(self._scope_text)
         with _traced(request, token, self.mode) as answer:
@@ -85,9 +88,7 @@ class BrokerAuth(httpx.Auth):
                 response = yield _authorized(request, token)
                 answer.append(response.status_code)
 
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         token = await self.broker.token(self._scope_text)
         with _traced(request, token, self.mode) as answer:
             response = yield _authorized(request, token)
@@ -100,8 +101,18 @@ class BrokerAuth(httpx.Auth):
                 answer.append(response.status_code)
 
 
+class BrokerAuth(BrokerAuthFlow, httpx.Auth):
+    """Attach the broker's token for ``scopes``; on a 401, refetch and retry once.
+
+    ``broker`` is a :class:`TokenBroker` (async clients only) or a
+    :class:`SyncTokenBroker` (sync and async clients). The request body is
+    read before sending (``requires_request_body``), so the retry can resend
+    it. For httpx2 clients, use :class:`authsec_crewai.integrations.httpx2.BrokerAuth`.
+    """
+
+
 @contextmanager
-def _traced(request: httpx.Request, token: DelegationToken, mode: str) -> Iterator[list[int]]:
+def _traced(request: Any, token: DelegationToken, mode: str) -> Iterator[list[int]]:
     """An ``authsec.api.call`` span around one exchange; the block appends the status."""
     span = telemetry.api_span(request.method, request.url.path, token, mode)
     status: list[int] = []
@@ -113,6 +124,6 @@ def _traced(request: httpx.Request, token: DelegationToken, mode: str) -> Iterat
     telemetry.api_ended(span, status[0] if status else None)
 
 
-def _authorized(request: httpx.Request, token: DelegationToken) -> httpx.Request:
+def _authorized(request: Any, token: DelegationToken) -> Any:
     request.headers["Authorization"] = f"Bearer {token.value}"
     return request

@@ -135,6 +135,7 @@ def test_the_broker_and_broker_auth_work_without_any_extra() -> None:
         ("authsec_crewai.integrations.langchain", "langchain"),
         ("authsec_crewai.integrations.pydantic_ai", "pydantic-ai"),
         ("authsec_crewai.integrations.openai_agents", "openai-agents"),
+        ("authsec_crewai.integrations.httpx2", "httpx2"),
     ],
 )
 def test_a_missing_extra_names_the_extra_to_install(module: str, extra: str) -> None:
