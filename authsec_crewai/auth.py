@@ -23,15 +23,16 @@ keep redirects off (httpx's default), so the token goes nowhere else.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncGenerator, Generator, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, Final
 
 import httpx
 
 from . import telemetry
 from .broker import TokenBroker
-from .errors import ConfigurationError
+from .errors import AuthSecError, ConfigurationError
 from .sync import SyncTokenBroker
 from .token import DelegationToken, ScopesLike, canonical_scopes
 
@@ -72,33 +73,102 @@ class BrokerAuthFlow:
         return f"{type(self).__name__}(scopes={sorted(self.scopes)!r}, broker={self.broker!r})"
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-        if self._sync is None:
+        sync = self._sync
+        if sync is None:
             raise ConfigurationError(
                 f"a sync client needs {type(self).__name__}(SyncTokenBroker(...), scopes); "
                 "a TokenBroker serves async clients (AsyncClient)"
             )
-        token = self._sync.token(self._scope_text)
-        with _traced(request, token, self.mode) as answer:
-            response = yield _authorized(request, token)
+        theirs = request.extensions.get("trace")
+        sent = _SendTime(self, sync.token(self._scope_text), theirs, blocking=True)
+        with _traced(request, sent.token, self.mode) as answer:
+            response = yield _authorized(request, sent)
             answer.append(response.status_code)
         if response.status_code == 401:
-            self.broker.invalidate(token)
-            token = self._sync.token(self._scope_text)
-            with _traced(request, token, self.mode) as answer:
-                response = yield _authorized(request, token)
+            self.broker.invalidate(sent.token)
+            sent = _SendTime(self, sync.token(self._scope_text), theirs, blocking=True)
+            with _traced(request, sent.token, self.mode) as answer:
+                response = yield _authorized(request, sent)
                 answer.append(response.status_code)
 
     async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
-        token = await self.broker.token(self._scope_text)
-        with _traced(request, token, self.mode) as answer:
-            response = yield _authorized(request, token)
+        theirs = request.extensions.get("trace")
+        sent = _SendTime(self, await self.broker.token(self._scope_text), theirs)
+        with _traced(request, sent.token, self.mode) as answer:
+            response = yield _authorized(request, sent)
             answer.append(response.status_code)
         if response.status_code == 401:
-            self.broker.invalidate(token)
-            token = await self.broker.token(self._scope_text)
-            with _traced(request, token, self.mode) as answer:
-                response = yield _authorized(request, token)
+            self.broker.invalidate(sent.token)
+            sent = _SendTime(self, await self.broker.token(self._scope_text), theirs)
+            with _traced(request, sent.token, self.mode) as answer:
+                response = yield _authorized(request, sent)
                 answer.append(response.status_code)
+
+
+_HEADERS_WRITTEN: Final = "send_request_headers.started"
+"""httpcore's (and httpcore2's) trace event just before a request's headers are written."""
+
+
+class _SendTime:
+    """The token of one attempt, chosen again when its headers are written.
+
+    httpx runs the auth flow, and so takes the token, before the request waits
+    for a connection, and that wait is not bounded by the pool timeout
+    (httpcore re-queues a request that lost its connection with a fresh
+    timeout each time): behind a busy pool, a token can expire in the queue,
+    and so can the one its 401 retry took. httpcore's ``trace`` request
+    extension calls this as the headers are about to be sent, on the
+    connection the request finally got; the broker's current token then
+    replaces the one taken earlier (a cache hit, or the refresh every caller
+    shares). Transports that do not trace (in-process ones) send the token
+    the flow took. ``token`` is the one actually sent: the flow drops that
+    one on a 401. The application's own ``trace`` callback, if any, still
+    sees every event.
+    """
+
+    __slots__ = ("auth", "blocking", "theirs", "token")
+
+    def __init__(
+        self, auth: BrokerAuthFlow, token: DelegationToken, theirs: Any, *, blocking: bool = False
+    ) -> None:
+        self.auth = auth
+        self.token = token
+        self.theirs = theirs
+        self.blocking = blocking
+        """A sync client's (httpcore then calls, never awaits, the extension)."""
+
+    def __call__(self, event: str, info: dict[str, Any]) -> Any:
+        """httpcore calls the extension, and awaits what it returns on async clients."""
+        if not self.blocking or self.auth._sync is None:
+            return self._atrace(event, info)
+        if event.endswith(_HEADERS_WRITTEN):
+            with suppress(AuthSecError):  # no fresher token: send the one taken (then 401)
+                self._swap(info, self.auth._sync.token(self.auth._scope_text))
+        if self.theirs is not None:
+            return self.theirs(event, info)
+        return None
+
+    async def _atrace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(_HEADERS_WRITTEN):
+            with suppress(AuthSecError):
+                self._swap(info, await self.auth.broker.token(self.auth._scope_text))
+        if self.theirs is not None:
+            answer = self.theirs(event, info)
+            if inspect.isawaitable(answer):
+                await answer
+
+    def _swap(self, info: dict[str, Any], fresh: DelegationToken) -> None:
+        if fresh.value == self.token.value:
+            return
+        headers = getattr(info.get("request"), "headers", None)
+        if not isinstance(headers, list):
+            return
+        taken = b"Bearer " + self.token.value.encode()
+        for index, (name, value) in enumerate(headers):
+            if name.lower() == b"authorization" and value == taken:
+                headers[index] = (name, b"Bearer " + fresh.value.encode())
+                self.token = fresh
+                return
 
 
 class BrokerAuth(BrokerAuthFlow, httpx.Auth):
@@ -124,6 +194,7 @@ def _traced(request: Any, token: DelegationToken, mode: str) -> Iterator[list[in
     telemetry.api_ended(span, status[0] if status else None)
 
 
-def _authorized(request: Any, token: DelegationToken) -> Any:
-    request.headers["Authorization"] = f"Bearer {token.value}"
+def _authorized(request: Any, sent: _SendTime) -> Any:
+    request.headers["Authorization"] = f"Bearer {sent.token.value}"
+    request.extensions["trace"] = sent
     return request

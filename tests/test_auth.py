@@ -85,7 +85,9 @@ async def test_100_concurrent_requests_cold_then_on_a_refused_token(
     authsec_server: MockServer, client_id: str, flavour: Flavour
 ) -> None:
     """Cold: 100 requests at once cost 1 token request. Then the server refuses that
-    token: each of 100 requests is retried once, and all of them cost 1 more."""
+    token: each request refused is retried once, and all of them cost 1 more. A request
+    whose headers are written after the first refusal came back carries the new token at
+    once (BrokerAuth takes the broker's token again as the headers go out)."""
     http = flavour.http
     async with (
         live_broker(authsec_server, client_id) as broker,
@@ -118,9 +120,10 @@ async def test_100_concurrent_requests_cold_then_on_a_refused_token(
     assert authsec_server.count(TOKEN_PATH) == 2 == stats.fetches  # the first, and one refetch
     sent = authorizations(authsec_server)
     assert old is not None and new is not None and new.value != old.value
-    assert sent.count(f"Bearer {old.value}") == 200  # the cold burst, and each refused once
-    assert sent.count(f"Bearer {new.value}") == 100  # each retried exactly once
-    assert authsec_server.count(RECORDS) == 300
+    refused = sent.count(f"Bearer {old.value}") - 100  # beyond the cold burst's
+    assert 1 <= refused <= 100
+    assert sent.count(f"Bearer {new.value}") == 100  # every request ends on the new token
+    assert authsec_server.count(RECORDS) == 200 + refused  # each refusal retried once
 
 
 def test_httpx2_refuses_an_httpx_auth_and_takes_its_twin() -> None:
