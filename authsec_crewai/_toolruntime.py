@@ -397,10 +397,24 @@ class ToolBinding:
         params: ParamsLike = None,
         *,
         tool: str = DEFAULT_TOOL_NAME,
+        on_runtime: bool = False,
     ) -> str:
-        """Fetch on the caller's loop (asyncio or trio), with the shared broker; failures
-        are returned."""
+        """Fetch asynchronously (asyncio or trio) with the shared broker; failures are
+        returned.
+
+        By default the call stays on the caller's loop (a cache hit needs no thread
+        hop). ``on_runtime`` runs it on the shared runtime's loop while the caller's
+        keeps running: for frameworks whose sync entry points (``run_sync``) run a
+        short-lived loop of their own for each run, where a connection pool of that
+        loop would not outlive the run. A fetcher of the application's own always
+        runs where it is awaited.
+        """
         try:
+            if on_runtime and not isinstance(self.source, SecureFetcher):
+                runtime, fetcher = self.get()
+                return await runtime.acall(
+                    functools.partial(fetch_text, fetcher, endpoint, scope, params, tool=tool)
+                )
             fetcher = self.fetcher_on_this_loop()
         except Exception as exc:
             return failure_text(exc, tool=tool)
