@@ -588,6 +588,35 @@ def test_openai_agents_tool_acts_for_its_client_id(authsec_server: Any) -> None:
     assert askers == {other}
 
 
+def test_every_framework_shows_the_model_the_same_arguments_and_no_developer_docstring() -> None:
+    """One description per argument, written for the model, in every framework's schema;
+    no class docstring (QueryParam's note on strict schemas is for developers)."""
+    from agents.strict_schema import ensure_strict_json_schema
+
+    from authsec_crewai.integrations import langchain, openai_agents, pydantic_ai
+    from authsec_crewai.toolspec import ARGUMENT_DESCRIPTIONS, QueryParam, SecureFetchArgs
+
+    mock = settings()
+    schemas = {
+        "crewai": AuthSecSecureFetchTool(settings=mock).args_schema.model_json_schema(),
+        "langchain": langchain.secure_fetch_tool(
+            settings=mock
+        ).tool_call_schema.model_json_schema(),
+        "pydantic-ai": pydantic_ai.secure_fetch_tool(settings=mock).tool_def.parameters_json_schema,
+        "openai-agents": openai_agents.secure_fetch_tool(settings=mock).params_json_schema,
+    }
+    assert ensure_strict_json_schema(dict(schemas["openai-agents"]))  # strict-mode valid
+    for framework, schema in schemas.items():
+        described = {name: prop.get("description") for name, prop in schema["properties"].items()}
+        assert described == dict(ARGUMENT_DESCRIPTIONS), framework
+        text = json.dumps(schema)
+        for docstring in (QueryParam.__doc__, SecureFetchArgs.__doc__):
+            assert docstring is not None and docstring.strip() not in text, framework
+        assert "strict function-calling" not in text and "developers" not in text, framework
+        item = schema["$defs"]["QueryParam"]
+        assert item["description"] == "One query parameter: its name and its value."
+
+
 def test_importing_the_library_loads_no_framework() -> None:
     script = (
         "import sys, authsec_crewai, authsec_crewai.toolspec, authsec_crewai.integrations\n"
