@@ -207,3 +207,26 @@ def test_the_langchain_tool_works_without_crewai_or_any_other_extra() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok []"
+
+
+def test_the_console_script_without_the_cli_extra_says_so_in_one_line() -> None:
+    (script,) = PYPROJECT["scripts"].values()
+    module, _, function = script.partition(":")
+    done = run_without(EVERY_EXTRA, f"from {module} import {function}; {function}()")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: the authsec-crewai command: the 'cli' extra is not installed (click is "
+        "missing); pip install 'authsec-crewai[cli]'"
+    ]
+
+
+def test_the_console_script_runs_the_command() -> None:
+    (script,) = PYPROJECT["scripts"].values()
+    module, _, function = script.partition(":")
+    done = run_without(
+        set(),
+        f"import sys; sys.argv = ['authsec-crewai', '--version']; from {module} "
+        f"import {function}; {function}()",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("authsec-crewai, version ")
