@@ -142,33 +142,46 @@ class _SendTime:
         if not self.blocking or self.auth._sync is None:
             return self._atrace(event, info)
         if event.endswith(_HEADERS_WRITTEN):
-            with suppress(AuthSecError):  # no fresher token: send the one taken (then 401)
-                self._swap(info, self.auth._sync.token(self.auth._scope_text))
+            slot = self._slot(info)
+            if slot is not None:
+                with suppress(AuthSecError):  # no fresher token: send the one taken (then 401)
+                    self._swap(slot, self.auth._sync.token(self.auth._scope_text))
         if self.theirs is not None:
             return self.theirs(event, info)
         return None
 
     async def _atrace(self, event: str, info: dict[str, Any]) -> None:
         if event.endswith(_HEADERS_WRITTEN):
-            with suppress(AuthSecError):
-                self._swap(info, await self.auth.broker.token(self.auth._scope_text))
+            slot = self._slot(info)
+            if slot is not None:
+                with suppress(AuthSecError):
+                    self._swap(slot, await self.auth.broker.token(self.auth._scope_text))
         if self.theirs is not None:
             answer = self.theirs(event, info)
             if inspect.isawaitable(answer):
                 await answer
 
-    def _swap(self, info: dict[str, Any], fresh: DelegationToken) -> None:
-        if fresh.value == self.token.value:
-            return
+    def _slot(self, info: dict[str, Any]) -> tuple[list[Any], int] | None:
+        """Where the request's headers carry the token this flow attached, if they do.
+
+        Only that credential is ever replaced: a request without it (a redirect
+        to another origin, whose ``Authorization`` the client dropped) gets none,
+        and the broker is not even asked.
+        """
         headers = getattr(info.get("request"), "headers", None)
         if not isinstance(headers, list):
-            return
+            return None
         taken = b"Bearer " + self.token.value.encode()
         for index, (name, value) in enumerate(headers):
             if name.lower() == b"authorization" and value == taken:
-                headers[index] = (name, b"Bearer " + fresh.value.encode())
-                self.token = fresh
-                return
+                return headers, index
+        return None
+
+    def _swap(self, slot: tuple[list[Any], int], fresh: DelegationToken) -> None:
+        if fresh.value != self.token.value:
+            headers, index = slot
+            headers[index] = (headers[index][0], b"Bearer " + fresh.value.encode())
+            self.token = fresh
 
 
 class BrokerAuth(BrokerAuthFlow, httpx.Auth):

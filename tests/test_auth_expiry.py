@@ -211,3 +211,61 @@ async def test_an_async_client_sends_the_token_current_when_its_headers_go_out(
     sent = [r.headers["authorization"] for r in authsec_server.requests if r.path == RECORDS]
     assert sent == [f"Bearer {new.value}"]
     assert any(e.endswith("send_request_headers.started") for e in events)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flavour", _flavours())
+async def test_a_redirect_to_another_origin_never_gets_the_token_back(
+    authsec_server: MockServer, client_id: str, flavour: Any
+) -> None:
+    """The send-time token only ever replaces the credential the flow itself attached:
+    a cross-origin redirect, whose Authorization header the client dropped, stays
+    without one, even though the trace rides along on the redirected request."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, RedirectResponse
+    from starlette.routing import Route
+
+    from authsec_crewai.testing import LoopbackServer
+
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: Request) -> JSONResponse:
+        seen.append(dict(request.headers))
+        return JSONResponse({"ok": True})
+
+    other = LoopbackServer(Starlette(routes=[Route("/{path:path}", elsewhere)])).start()
+    try:
+
+        async def away(request: Request) -> RedirectResponse:
+            return RedirectResponse(f"{other.url}/stolen", status_code=302)
+
+        authsec_server.app.router.routes.insert(0, Route("/away", away))
+        http, auth = flavour
+        async with (
+            TokenBroker(
+                LiveTransport(authsec_server.url, retry_budget=0), client_id=client_id
+            ) as b,
+            http.AsyncClient(
+                base_url=authsec_server.url, auth=auth(b, "read:records"), follow_redirects=True
+            ) as client,
+        ):
+            await b.token("read:records")
+            connections: list[str] = []
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event.endswith("connect_tcp.started"):
+                    connections.append(event)
+                    if len(connections) == 2:  # the redirect's: the broker's token changes
+                        authsec_server.authority.key = ROTATED_KEY
+                        authsec_server.authority.delegate(client_id)
+                        b.invalidate(b.cached_token("read:records"))
+
+            response = await client.get("/away", extensions={"trace": trace})
+            # The redirect carries no credential of ours: the broker was not even asked.
+            assert len(connections) == 2 and authsec_server.count(TOKEN_PATH) == 1
+    finally:
+        other.stop()
+    assert response.status_code == 200 and len(seen) == 1
+    assert "authorization" not in seen[0]
+    assert not any("eyJ" in value for value in seen[0].values())
