@@ -17,7 +17,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .auth import BrokerAuth
-    from .broker import BrokerStats, RefreshPolicy, TokenBroker
+    from .broker import BrokerStats, TokenBroker
     from .errors import (
         AuthenticationError,
         AuthSecError,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         CassetteError,
         ConfigurationError,
         DelegationExpiredError,
+        EndpointNotFoundError,
         EndpointRefusedError,
         FetchError,
         InsufficientScopeError,
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
         TokenVerificationError,
         TransportError,
         TransportTimeoutError,
+        UnreachableError,
     )
     from .fetch import FetchResult, SecureFetcher
+    from .policy import RefreshPolicy
     from .settings import DEMO_CLIENT_ID, AuthSecSettings
     from .sync import SyncTokenBroker
     from .token import DelegationToken, TokenRequest
@@ -56,7 +59,7 @@ _WHERE = {
     "DEMO_CLIENT_ID": ".settings",
     "DelegationToken": ".token",
     "FetchResult": ".fetch",
-    "RefreshPolicy": ".broker",
+    "RefreshPolicy": ".policy",
     "SecureFetcher": ".fetch",
     "SyncTokenBroker": ".sync",
     "TokenBroker": ".broker",
@@ -80,6 +83,7 @@ __all__ = [
     "ConfigurationError",
     "DelegationExpiredError",
     "DelegationToken",
+    "EndpointNotFoundError",
     "EndpointRefusedError",
     "FetchError",
     "FetchResult",
@@ -103,6 +107,7 @@ __all__ = [
     "TokenVerificationError",
     "TransportError",
     "TransportTimeoutError",
+    "UnreachableError",
     "__version__",
     "build_broker",
     "build_fetcher",

@@ -36,6 +36,9 @@ T = TypeVar("T")
 _log = get_logger("authsec_crewai.thread")
 _CLOSED = "the broker's event-loop thread was closed"
 
+START_TIMEOUT = 30.0
+"""Longest :meth:`BrokerThread.start` waits for its loop to run and its broker to enter."""
+
 
 class _Job:
     """One call handed to a runtime's loop, and its outcome."""
@@ -81,8 +84,10 @@ class BrokerThread:
         *,
         owns_broker: bool,
         backend: Literal["asyncio", "trio"] = "asyncio",
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.broker = broker
+        self._start_timeout = start_timeout
         self._backend = backend
         self._owns_broker = owns_broker
         self._lock = threading.Lock()
@@ -112,7 +117,8 @@ class BrokerThread:
         return self._closed or self._failure is not None
 
     def start(self) -> None:
-        """Start the loop thread (once) and wait until it accepts calls."""
+        """Start the loop thread (once) and wait until it accepts calls, at most
+        ``start_timeout`` seconds."""
         with self._lock:
             if self._closed:
                 raise errors.BrokerClosedError(_CLOSED)
@@ -121,7 +127,13 @@ class BrokerThread:
                     target=self._thread_main, name="authsec-crewai-broker", daemon=True
                 )
                 self._thread.start()
-        self._ready.wait()
+        if not self._ready.wait(self._start_timeout):
+            # The broker's entry hangs (a store that never answers, say): say so
+            # rather than block every caller for ever. The thread is a daemon.
+            raise errors.BrokerClosedError(
+                f"the broker did not start within {self._start_timeout:g}s (its transport "
+                "or shared store did not answer); check AUTHSEC_STORE and the network"
+            )
         if self._failure is not None:
             raise errors.BrokerClosedError(
                 f"the broker could not start ({type(self._failure).__name__}: "

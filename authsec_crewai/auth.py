@@ -65,9 +65,7 @@ class BrokerAuthFlow:
         self._scope_text = " ".join(sorted(self.scopes))
         self._sync = broker if isinstance(broker, SyncTokenBroker) else None
         self.broker = broker.broker if isinstance(broker, SyncTokenBroker) else broker
-        self.mode = str(
-            getattr(self.broker.transport, "mode", type(self.broker.transport).__name__)
-        )
+        self.mode = self.broker.transport.info.mode
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scopes={sorted(self.scopes)!r}, broker={self.broker!r})"

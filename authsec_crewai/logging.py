@@ -463,27 +463,52 @@ class LibraryLogger:
     goes (so configuring logging after import works): to the stdlib logger
     named ``name`` while structlog is not configured, else through the
     application's structlog chain with :func:`redact_secrets` guaranteed in it.
+
+    Deciding is cheap, because most of the library's events are debug events
+    that nobody listens to: the stdlib route asks the logger's level first, and
+    the structlog route reuses the logger it built until the application's
+    configuration changes.
     """
 
-    __slots__ = ("_context", "_name")
+    __slots__ = ("_built", "_context", "_name", "_stdlib")
 
     def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
         self._name = name
         self._context = dict(context or {})
+        self._stdlib = logging.getLogger(name)
+        self._built: tuple[tuple[object, ...], Any] | None = None
 
     def __repr__(self) -> str:
         return f"LibraryLogger({self._name!r}, context={sorted(self._context)!r})"
 
     def _resolve(self) -> Any:
         if not structlog.is_configured():
-            return _StdlibRoute(logging.getLogger(self._name), self._context)
+            return _StdlibRoute(self._stdlib, self._context)
         config = structlog.get_config()
-        factory = config["logger_factory"]
-        return config["wrapper_class"](
-            factory(self._name),
-            processors=_guarded(config["processors"]),
+        processors = config["processors"]
+        made_of = (
+            tuple(processors),  # its content: structlog.testing.capture_logs edits it in place
+            config["wrapper_class"],
+            config["logger_factory"],
+            config["context_class"],
+        )
+        built = self._built
+        if (
+            built is not None and built[0] == made_of
+        ):  # the same objects (compared by identity first)
+            return built[1]
+        logger = config["wrapper_class"](
+            config["logger_factory"](self._name),
+            processors=_guarded(processors),
             context=config["context_class"](self._context),
         )
+        self._built = (made_of, logger)
+        return logger
+
+    def _quiet(self, level: int) -> bool:
+        """True when an event at ``level`` would go nowhere (structlog not configured,
+        and the stdlib logger not enabled for it): nothing needs to be built."""
+        return not structlog.is_configured() and not self._stdlib.isEnabledFor(level)
 
     def bind(self, **values: Any) -> LibraryLogger:
         """A logger whose events carry ``values`` too."""
@@ -505,9 +530,13 @@ class LibraryLogger:
         return LibraryLogger(self._name, {k: v for k, v in self._context.items() if k not in keys})
 
     def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        if self._quiet(logging.DEBUG):
+            return None
         return self._resolve().debug(event, *args, **kw)
 
     def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        if self._quiet(logging.INFO):
+            return None
         return self._resolve().info(event, *args, **kw)
 
     def warning(self, event: str, *args: Any, **kw: Any) -> Any:

@@ -12,6 +12,7 @@ Importing this module is cheap: it imports neither the transports nor the broker
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import warnings
@@ -33,6 +34,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._urls import check_base_url
 from .errors import ConfigurationError
+from .identity import is_uuid_text
+from .policy import policy_problem
 from .token import canonical_scopes
 
 __all__ = [
@@ -62,9 +65,17 @@ A fixed, obviously fake UUID: mock tokens are then reproducible in shape, and
 nobody mistakes them for a real agent's identity.
 """
 
-_UUID_TEXT = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
+_POLICY_SETTINGS = {
+    "advisory_fraction": "refresh_advisory_fraction",
+    "advisory_max": "refresh_advisory_max",
+    "mandatory_fraction": "refresh_mandatory_fraction",
+    "mandatory_max": "refresh_mandatory_max",
+    "jitter_fraction": "refresh_jitter_fraction",
+    "failure_memory": "failure_memory",
+    "backoff_initial": "backoff_initial",
+    "backoff_max": "backoff_max",
+}
+"""Each field of :class:`~authsec_crewai.policy.RefreshPolicy` and the setting it comes from."""
 _HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
@@ -163,7 +174,7 @@ def parse_agents(value: Any) -> Any:
         if not isinstance(role, str) or not role.strip():
             raise ValueError("an agent role is empty; every entry needs a role name")
         name = " ".join(role.split())
-        if not isinstance(client_id, str) or not _UUID_TEXT.fullmatch(client_id.strip()):
+        if not isinstance(client_id, str) or not is_uuid_text(client_id.strip()):
             raise ValueError(
                 f"the client id of role {name[:60]!r} must be the agent's UUID (like "
                 f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else"
@@ -404,7 +415,7 @@ class AuthSecSettings(BaseSettings):
         if value is None:
             return None
         text = value.strip()
-        if not _UUID_TEXT.fullmatch(text):
+        if not is_uuid_text(text):
             raise ValueError(
                 "the client id must be the agent's UUID (like "
                 f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else. Copy it from "
@@ -470,24 +481,12 @@ class AuthSecSettings(BaseSettings):
 
     @_model_validator(mode="after")
     def _check_policy(self) -> AuthSecSettings:
-        """Cross-field rules of the refresh policy, named by variable."""
-        if self.refresh_mandatory_fraction >= self.refresh_advisory_fraction:
-            raise ValueError(
-                f"{env_var('refresh_mandatory_fraction')} ({self.refresh_mandatory_fraction}) "
-                f"must be smaller than {env_var('refresh_advisory_fraction')} "
-                f"({self.refresh_advisory_fraction}): the mandatory window sits inside the "
-                "advisory one"
-            )
-        if self.refresh_mandatory_max > self.refresh_advisory_max:
-            raise ValueError(
-                f"{env_var('refresh_mandatory_max')} ({self.refresh_mandatory_max}) must not "
-                f"exceed {env_var('refresh_advisory_max')} ({self.refresh_advisory_max})"
-            )
-        if self.backoff_initial > self.backoff_max:
-            raise ValueError(
-                f"{env_var('backoff_initial')} ({self.backoff_initial}) must not exceed "
-                f"{env_var('backoff_max')} ({self.backoff_max})"
-            )
+        """Cross-field rules of the refresh policy: the broker's own rules
+        (:func:`~authsec_crewai.policy.policy_problem`), named by variable."""
+        values = self.refresh_policy_values()
+        problem = policy_problem(values, lambda field: env_var(_POLICY_SETTINGS[field]))
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     _resolved_mode: ResolvedMode = PrivateAttr()
@@ -510,6 +509,10 @@ class AuthSecSettings(BaseSettings):
     def resolved_mode(self) -> ResolvedMode:
         """The mode actually used (``auto`` resolved at construction; see ``_resolve_mode``)."""
         return self._resolved_mode
+
+    def refresh_policy_values(self) -> dict[str, float]:
+        """The :class:`~authsec_crewai.policy.RefreshPolicy` fields these settings give."""
+        return {field: getattr(self, setting) for field, setting in _POLICY_SETTINGS.items()}
 
     def client_id_for_role(self, role: str) -> str | None:
         """The client id ``AUTHSEC_AGENTS`` gives the agent with this CrewAI role, if any."""
@@ -598,7 +601,7 @@ def __getattr__(name: str) -> Any:
             DeprecationWarning,
             stacklevel=2,
         )
-        from . import wiring
-
-        return getattr(wiring, name)
+        # Looked up by name, not imported: settings sit below the wiring that builds
+        # from them, and this forwarding goes when the old names do.
+        return getattr(importlib.import_module(f"{__package__}.wiring"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

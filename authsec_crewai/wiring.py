@@ -28,8 +28,9 @@ from .settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
 if TYPE_CHECKING:
     import httpx
 
-    from .broker import RefreshPolicy, TokenBroker
+    from .broker import TokenBroker
     from .fetch import SecureFetcher
+    from .policy import RefreshPolicy
     from .sync import SyncTokenBroker
     from .transports.base import Transport
 
@@ -105,19 +106,11 @@ def _live_transport(settings: AuthSecSettings) -> Transport:
 
 
 def refresh_policy(settings: AuthSecSettings) -> RefreshPolicy:
-    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings."""
-    from .broker import RefreshPolicy
+    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings
+    (which were checked with the policy's own rules when they were read)."""
+    from .policy import RefreshPolicy
 
-    return RefreshPolicy(
-        advisory_fraction=settings.refresh_advisory_fraction,
-        advisory_max=settings.refresh_advisory_max,
-        mandatory_fraction=settings.refresh_mandatory_fraction,
-        mandatory_max=settings.refresh_mandatory_max,
-        jitter_fraction=settings.refresh_jitter_fraction,
-        failure_memory=settings.failure_memory,
-        backoff_initial=settings.backoff_initial,
-        backoff_max=settings.backoff_max,
-    )
+    return RefreshPolicy(**settings.refresh_policy_values())
 
 
 def client_id_for(settings: AuthSecSettings, transport: Transport | None = None) -> str:

@@ -175,10 +175,20 @@ def test_a_network_api_without_an_origin_is_refused(mock_authority: MockAuthorit
     assert fetcher.api_base_url.endswith(".invalid")  # never resolvable
 
 
+@pytest.mark.anyio
+async def test_a_fetcher_on_a_broker_alone_sends_through_the_brokers_transport(
+    mock_authority: MockAuthority,
+) -> None:
+    """``SecureFetcher(broker)``: the broker's transport knows where its API is."""
+    transport = AcmeTransport(mock_authority)
+    async with wiring.build_broker(make(mode="mock"), transport) as broker:
+        result = await SecureFetcher(broker).fetch("secure-vault/records", "read:records")
+    assert result.status_code == 200
+    assert transport.api_calls == 1 and transport.token_calls == 1
+
+
 def test_a_fetcher_is_told_where_its_traffic_goes(mock_authority: MockAuthority) -> None:
     broker = wiring.build_broker(make(mode="mock"), AcmeTransport(mock_authority))
-    with pytest.raises(errors.ConfigurationError, match="exactly one of api_transport"):
-        SecureFetcher(broker)
     with pytest.raises(errors.ConfigurationError, match="exactly one of api_transport"):
         SecureFetcher(
             broker,

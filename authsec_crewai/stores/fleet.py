@@ -51,6 +51,7 @@ __all__ = ["Fleet", "StoreUnavailable"]
 
 T = TypeVar("T")
 Fetch = Callable[[], Awaitable[DelegationToken]]
+Fetched = Callable[[DelegationToken], bool]
 Accept = Callable[[DelegationToken, float], bool]
 Verify = Callable[[DelegationToken], Awaitable[None]]
 OnRevoked = Callable[[str, str | None], None]
@@ -94,12 +95,20 @@ class Fleet:
     # --- fetching ----------------------------------------------------------------------
 
     async def fetch_shared(
-        self, request: TokenRequest, fetch: Fetch, accept: Accept
+        self,
+        request: TokenRequest,
+        fetch: Fetch,
+        accept: Accept,
+        fetched: Fetched | None = None,
     ) -> DelegationToken:
         """A token for ``request``: from the store, or fetched once for the fleet.
 
         ``fetch`` calls the transport (and verifies); ``accept(token,
-        written_at)`` says whether a stored token may still be served. Errors
+        written_at)`` says whether a stored token may still be served;
+        ``fetched(token)`` hears of a token this process fetched before it is
+        written, so the process's own waiters never wait on the store; it
+        answers False when the token must not be shared (a revocation came in
+        while it was fetched). Errors
         of ``fetch`` propagate; errors of the store never do.
         """
         if not self._available():
@@ -138,7 +147,12 @@ class Fleet:
                 token = None
             if token is None:
                 token = await fetch()
-                await self._write(request, name, token)
+                if fetched is not None and not fetched(token):
+                    return token  # fenced by a revocation: not worth sharing
+                # The callers have their token: a broker closing now must not lose
+                # the write the rest of the fleet waits for (it is bounded anyway).
+                with anyio.CancelScope(shield=True):
+                    await self._write(request, name, token)
             return token
         finally:
             with anyio.CancelScope(shield=True):
