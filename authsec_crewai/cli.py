@@ -25,11 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import click
-
+from ._lazy import requires_extra
 from ._version import __version__
 from .errors import AuthSecError, ConfigurationError
 from .redact import redact_text
+
+with requires_extra("cli", "the authsec-crewai command"):
+    import click
 
 if TYPE_CHECKING:
     from .token import DelegationToken
@@ -359,16 +361,10 @@ def serve_mock(
         raise ConfigurationFailed(
             f"--client-id {agent[:40]!r} is not a UUID (AuthSec client ids are UUIDs)"
         ) from None
-    try:
-        import uvicorn
+    import uvicorn  # the cli extra's, like click
 
-        from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
-        from .testing.mockserver import create_app
-    except ImportError as exc:
-        raise CommandFailed(
-            f"serve-mock needs starlette and uvicorn ({exc.name} is missing): "
-            "pip install starlette uvicorn"
-        ) from None
+    from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
+    from .testing.mockserver import create_app
 
     crew = {role: (str(uuid.uuid4()), grants) for role, grants in _parse_agents(agents)}
     authority = MockAuthority(

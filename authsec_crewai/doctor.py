@@ -512,7 +512,8 @@ def _mode_problems(path: Path) -> list[str]:
 
 async def check_store(settings: AuthSecSettings) -> list[Check]:
     """The shared store: its key, encryption, file mode (SQLite), and that it opens."""
-    from .stores import SQLiteStore, build_store
+    from .stores import SQLiteStore
+    from .wiring import build_store
 
     scheme = settings.store.partition(":")[0]
     if scheme == "memory":

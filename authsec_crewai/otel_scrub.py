@@ -29,11 +29,14 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
 from . import _secrets
+from ._lazy import requires_extra
+
+with requires_extra("otel", "ScrubbingSpanExporter"):
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from .logging import is_secret_key
 from .redact import mask_secret, redact_credentials, scrub_secrets
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .fetch import SecureFetcher
     from .policy import RefreshPolicy
     from .stores.base import TokenStore
+    from .sync import SyncTokenBroker
     from .transports.base import Transport
 
 __all__ = [
@@ -238,7 +239,7 @@ def build_store(settings: AuthSecSettings) -> TokenStore | None:
 
 
 def build_fetcher(
-    broker: TokenBroker,
+    broker: TokenBroker | SyncTokenBroker,
     settings: AuthSecSettings | None = None,
     *,
     api_transport: httpx.AsyncBaseTransport | None = None,
@@ -249,9 +250,15 @@ def build_fetcher(
     Its API traffic goes through ``api_transport`` when given (the async tool
     passes a pool of the caller's own event loop), else through the broker's
     transport's :meth:`~authsec_crewai.transports.Transport.api`. Without
-    ``agent`` it acts for the broker's own (default) agent.
+    ``agent`` it acts for the broker's own (default) agent. A
+    ``SyncTokenBroker`` stands for the broker it runs: the fetcher is awaited
+    (on any loop) and gets its tokens from that broker.
     """
     from .fetch import SecureFetcher
+    from .sync import SyncTokenBroker
+
+    if isinstance(broker, SyncTokenBroker):
+        broker = broker.broker
 
     return SecureFetcher(
         broker,

@@ -233,7 +233,7 @@ def test_a_skewed_server_clock_is_measured(
 
 def _sqlite_with_an_entry(path: Path, key: str) -> None:
     from authsec_crewai.settings import AuthSecSettings
-    from authsec_crewai.stores import store_keys
+    from authsec_crewai.wiring import store_keys
 
     keys = store_keys(AuthSecSettings(mode="mock", store_key=key))
 

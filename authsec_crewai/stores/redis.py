@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import anyio.abc
 
+from .._lazy import requires_extra
 from .._redis_urls import RedisTarget, parse_redis_url
 from ..errors import ConfigurationError
 from .base import DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, SealedCodec
@@ -96,12 +97,8 @@ class RedisStore:
         required: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        try:
+        with requires_extra("redis", "a Redis token store"):
             import coredis  # noqa: F401 (fail at configuration time, not at first use)
-        except ImportError:
-            raise ConfigurationError(
-                "a Redis token store needs coredis: pip install 'authsec-crewai[redis]'"
-            ) from None
         if encryption and not keys:
             raise ConfigurationError(
                 "a Redis token store keeps bearer tokens where others can read them: set "
