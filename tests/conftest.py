@@ -47,6 +47,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(wiring, "_auto_mock_warned", type(wiring._auto_mock_warned)())
 
 
+@pytest.fixture
+def otel_sdk_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenTelemetry SDK records: the crew tests quiet crewai with
+    OTEL_SDK_DISABLED for the whole process, which the SDK's providers obey."""
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+
+
 # --- a real AuthSec mock over a loopback socket (tests/_server.py) -------------------------
 #
 #   def test_x(authsec_server):               # fresh app + authority for this test

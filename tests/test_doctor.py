@@ -30,7 +30,7 @@ from authsec_crewai.doctor import EXIT_CONFIGURATION, EXIT_FAILED, EXIT_OK
 from authsec_crewai.stores import SQLiteStore
 from authsec_crewai.testing import TOKEN_PATH, MockAuthority
 
-pytestmark = pytest.mark.usefixtures("clean_env")
+pytestmark = pytest.mark.usefixtures("clean_env", "otel_sdk_enabled")
 
 
 def _doctor(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -33,6 +33,8 @@ from authsec_crewai.otel_scrub import ScrubbingSpanExporter, scrub_span
 from authsec_crewai.redact import mask_jwt
 from authsec_crewai.testing import MockAuthority
 
+pytestmark = pytest.mark.usefixtures("otel_sdk_enabled")
+
 
 @pytest.fixture(scope="module")
 def jwt() -> str:

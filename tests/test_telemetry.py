@@ -66,9 +66,7 @@ class Otel:
 
 
 @pytest.fixture
-def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Otel]:
-    # The crew tests quiet crewai with OTEL_SDK_DISABLED, which the SDK's providers obey.
-    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+def otel(otel_sdk_enabled: None) -> Iterator[Otel]:
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     exporter = InMemorySpanExporter()
