@@ -258,8 +258,12 @@ class _Flight:
     source: str = "fetch"  # "store" when a shared store answered instead of the transport
 
 
-def check_client_id(client_id: object) -> str:
-    """``client_id`` if it is a UUID, as the AuthSec contract requires; else a clear error."""
+def check_client_id(client_id: object, *, opaque: bool = False) -> str:
+    """``client_id`` if it is a UUID, as the AuthSec contract requires; else a clear error.
+
+    ``opaque``: the transport declares its client ids opaque (OAuth): any non-empty
+    string of printable characters then passes.
+    """
     if not isinstance(client_id, str):
         raise errors.ConfigurationError(
             f"an agent's client_id must be a UUID string, not {type(client_id).__name__}"
@@ -268,6 +272,12 @@ def check_client_id(client_id: object) -> str:
         raise errors.ConfigurationError(
             "an agent's client_id is required (set AUTHSEC_CLIENT_ID, or name the agent)"
         )
+    if opaque:
+        if not client_id.isprintable() or len(client_id) > 1024:
+            raise errors.ConfigurationError(
+                "an OAuth client_id must be printable and at most 1024 characters"
+            )
+        return client_id
     try:
         uuid.UUID(client_id)
     except ValueError:
@@ -307,8 +317,14 @@ class TokenBroker:
         store: TokenStore | None = None,
     ) -> None:
         self.transport = transport
-        self.client_id = None if client_id is None else check_client_id(client_id)
+        info = transport.info
+        self._opaque_ids = info.client_ids == "opaque"
+        self._issuer = info.issuer
+        self.client_id = (
+            None if client_id is None else check_client_id(client_id, opaque=self._opaque_ids)
+        )
         self.audience = (audience,) if isinstance(audience, str) else tuple(audience)
+        self.audience = self.audience or info.audience
         self.policy = policy or RefreshPolicy()
         self._verify = verify
         self._verify_leeway = verify_leeway
@@ -350,7 +366,7 @@ class TokenBroker:
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
             raise errors.BrokerClosedError("a TokenBroker can be entered only once")
-        if self._verify:
+        if self._verify and not self.transport.info.verifies_tokens:
             from .verify import TokenVerifier
 
             self._verifier = TokenVerifier(
@@ -437,7 +453,7 @@ class TokenBroker:
         """The counters of one agent (all zero for an agent the broker has not served)."""
         agent = self._agents.get(client_id)
         if agent is None:
-            check_client_id(client_id)
+            check_client_id(client_id, opaque=self._opaque_ids)
             return BrokerStats()
         with self._lock:
             return self._agent_stats(agent)
@@ -521,7 +537,7 @@ class TokenBroker:
         """The state of agent ``client_id``, made on first use (its id checked once)."""
         agent = self._agents.get(client_id)
         if agent is None:
-            check_client_id(client_id)
+            check_client_id(client_id, opaque=self._opaque_ids)
             with self._lock:
                 agent = self._agents.setdefault(client_id, _Agent(client_id))
         return agent
@@ -546,7 +562,7 @@ class TokenBroker:
             memo = agent.memo.get(scopes)
             if memo is not None:
                 return memo
-        request = TokenRequest.create(agent.client_id, scopes, self.audience)
+        request = TokenRequest.create(agent.client_id, scopes, self.audience, issuer=self._issuer)
         if isinstance(scopes, str):
             if len(agent.memo) >= MEMO_LIMIT:
                 agent.memo.clear()
