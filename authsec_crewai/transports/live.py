@@ -322,9 +322,15 @@ class LiveTransport:
     def _secrets(self) -> tuple[str, ...]:
         return (self._api_token,) if self._api_token else ()
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _with_retries(
+        self,
+        attempt: Callable[[], Awaitable[Any]],
+        what: str,
+        *,
+        worth_retrying: Callable[[BaseException], bool] = _worth_retrying,
+    ) -> Any:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_worth_retrying),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.retry_budget),
             wait=self._wait,
             sleep=self._sleep,
