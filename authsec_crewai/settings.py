@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic import model_validator as _model_validator
@@ -48,8 +49,8 @@ __all__ = [
     "role_key",
 ]
 
-Mode = Literal["auto", "live", "mock", "record", "replay"]
-ResolvedMode = Literal["live", "mock", "record", "replay"]
+Mode = Literal["auto", "live", "mock", "record", "replay", "oauth"]
+ResolvedMode = Literal["live", "mock", "record", "replay", "oauth"]
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -221,8 +222,9 @@ class AuthSecSettings(BaseSettings):
 
     mode: Mode = Field(
         "auto",
-        description="auto | live | mock | record | replay. auto is live when base_url and "
-        "client_id are set, else mock (with a warning).",
+        description="auto | live | mock | record | replay | oauth. auto is live when base_url "
+        "and client_id are set, else mock (with a warning); oauth is any OAuth 2.0 "
+        "authorization server (the AUTHSEC_OAUTH_* block).",
     )
     base_url: str | None = Field(
         None, description="The AuthSec server, e.g. https://authsec.example.com."
@@ -230,8 +232,9 @@ class AuthSecSettings(BaseSettings):
     client_id: str | None = Field(
         None,
         validation_alias=AliasChoices("AUTHSEC_CLIENT_ID", "AUTHSEC_AGENT_CLIENT_ID"),
-        description="The agent's client id (a UUID). Also read from AUTHSEC_AGENT_CLIENT_ID, "
-        "the name the existing AuthSec SDKs use; AUTHSEC_CLIENT_ID wins when both are set.",
+        description="The agent's client id (a UUID; in oauth mode the OAuth client id, any "
+        "string). Also read from AUTHSEC_AGENT_CLIENT_ID, the name the existing AuthSec SDKs "
+        "use; AUTHSEC_CLIENT_ID wins when both are set.",
     )
     agents: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -324,6 +327,45 @@ class AuthSecSettings(BaseSettings):
         10.0, gt=0, le=300, description="Fetch lease: a dead holder is replaced after this."
     )
 
+    # --- OAuth 2.0 (AUTHSEC_MODE=oauth): any authorization server ------------------------
+    # AuthSec's own AS for MCP servers, Auth0, Okta, Keycloak. Secrets are given as the
+    # value, or as the path of a file holding it (an absolute path that exists, or
+    # file:<path>); they are read once here and never shown (SecretStr).
+
+    oauth_issuer: str | None = Field(
+        None,
+        description="The authorization server's issuer (RFC 8414), e.g. "
+        "https://auth.example.com; discovered from AUTHSEC_RESOURCE when unset (RFC 9728).",
+    )
+    resource: str | None = Field(
+        None,
+        description="The protected resource the tokens are for (RFC 8707), e.g. "
+        "https://mcp.example.com/mcp; part of every cache key, and the default API origin.",
+    )
+    client_secret: SecretStr | None = Field(
+        None, description="The OAuth client secret (client_secret_basic or _post), or its file."
+    )
+    client_key: SecretStr | None = Field(
+        None,
+        description="The path of the client's RSA private key in PEM form (private_key_jwt), "
+        "or the PEM itself.",
+    )
+    client_key_id: str | None = Field(
+        None, description="The kid the server registered for AUTHSEC_CLIENT_KEY."
+    )
+    oauth_auth_method: (
+        Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"] | None
+    ) = Field(
+        None,
+        description="Client authentication; by default the strongest the server advertises "
+        "that the configured secret or key can do.",
+    )
+    oauth_refresh_token: SecretStr | None = Field(
+        None,
+        description="A refresh token from a user's sign-in, or its file: seeds the rotating "
+        "chain the fleet then keeps (sealed) in AUTHSEC_STORE and spends once per turn.",
+    )
+
     def __init__(self, **values: Any) -> None:
         # Re-raise pydantic's error as our ConfigurationError: one exception tree
         # for callers, messages that name AUTHSEC_* variables, and no echo of the
@@ -341,6 +383,8 @@ class AuthSecSettings(BaseSettings):
         """``api_base_url`` defaults to ``base_url``: most deployments serve both."""
         if isinstance(data, dict) and not _empty_to_none(data.get("api_base_url")):
             base = _empty_to_none(data.get("base_url"))
+            if base is None and str(data.get("mode", "")).strip().lower() == "oauth":
+                base = _empty_to_none(data.get("resource"))  # tokens are good only there
             if isinstance(base, str):
                 try:
                     check_base_url(base)
@@ -400,10 +444,12 @@ class AuthSecSettings(BaseSettings):
 
     @field_validator("client_id")
     @classmethod
-    def _check_client_id(cls, value: str | None) -> str | None:
+    def _check_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         text = value.strip()
+        if info.data.get("mode") == "oauth":
+            return _check_oauth_client_id(text)
         if not _UUID_TEXT.fullmatch(text):
             raise ValueError(
                 "the client id must be the agent's UUID (like "
@@ -411,6 +457,38 @@ class AuthSecSettings(BaseSettings):
                 "the agent's page in the AuthSec console"
             )
         return text
+
+    @field_validator(
+        "oauth_issuer",
+        "resource",
+        "client_secret",
+        "client_key",
+        "client_key_id",
+        "oauth_auth_method",
+        "oauth_refresh_token",
+        mode="before",
+    )
+    @classmethod
+    def _optional_oauth(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @field_validator("oauth_issuer", "resource")
+    @classmethod
+    def _check_oauth_urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_base_url(value)
+        return value.strip()  # kept exactly: RFC 8414 and 9728 compare it character by character
+
+    @field_validator("client_secret", "oauth_refresh_token")
+    @classmethod
+    def _secret_or_file(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _read_secret(value.get_secret_value(), pem=False)
+
+    @field_validator("client_key")
+    @classmethod
+    def _pem_or_file(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _read_secret(value.get_secret_value(), pem=True)
 
     @field_validator("agents", mode="before")
     @classmethod
@@ -543,9 +621,51 @@ class AuthSecSettings(BaseSettings):
         """The raw API token, for the one place that sends it (the live transport)."""
         return None if self.api_token is None else self.api_token.get_secret_value()
 
+    def oauth_secrets(self) -> tuple[str | None, str | None, str | None]:
+        """The raw client secret, client key PEM and refresh token, for the one place
+        that uses them (the OAuth transport's wiring)."""
+        return tuple(  # type: ignore[return-value]
+            None if item is None else item.get_secret_value()
+            for item in (self.client_secret, self.client_key, self.oauth_refresh_token)
+        )
+
+
+def _check_oauth_client_id(text: str) -> str:
+    """An OAuth client id: opaque (RFC 6749 §2.2), but printable and of sane length."""
+    if not text or len(text) > 1024 or not text.isprintable():
+        raise ValueError("an OAuth client id must be printable text of at most 1024 characters")
+    return text
+
+
+def _read_secret(text: str, *, pem: bool) -> SecretStr:
+    """A secret given as its value or as a file's path; the file read now, once.
+
+    A value is taken as a path when it starts with ``file:``, or is an absolute path
+    that exists (a base64 secret may start with "/"); a PEM key is a path unless it
+    is PEM text. Messages never repeat the value.
+    """
+    value = text.strip()
+    if pem and value.startswith("-----BEGIN"):
+        return SecretStr(value)
+    path = Path(value.removeprefix("file:")).expanduser()
+    if value.startswith("file:") or pem or (value.startswith("/") and path.is_file()):
+        try:
+            content = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ValueError(f"cannot read the file it names ({reason})") from None
+        if not content:
+            raise ValueError("the file it names is empty")
+        if pem and not content.startswith("-----BEGIN"):
+            raise ValueError("the file it names is not PEM (-----BEGIN ...)")
+        return SecretStr(content)
+    return SecretStr(value)
+
 
 def _resolve(settings: AuthSecSettings) -> ResolvedMode:
     mode = settings.mode
+    if mode == "oauth":
+        return _resolve_oauth(settings)
     has_identity = settings.client_id is not None or bool(settings.agents)
     if mode == "auto":
         return "live" if settings.base_url and has_identity else "mock"
@@ -567,6 +687,29 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
             "of the cassette file to " + ("write" if mode == "record" else "read")
         )
     return mode
+
+
+def _resolve_oauth(settings: AuthSecSettings) -> ResolvedMode:
+    """OAuth mode needs a client, where to find its server, and a way to get tokens."""
+    if settings.client_id is None:
+        raise ConfigurationError(
+            f"{env_var('client_id')} is not set; AUTHSEC_MODE=oauth needs the OAuth client id"
+        )
+    if settings.oauth_issuer is None and settings.resource is None:
+        raise ConfigurationError(
+            f"AUTHSEC_MODE=oauth needs {env_var('oauth_issuer')}, or {env_var('resource')} "
+            "to discover the issuer from (RFC 9728)"
+        )
+    if (
+        settings.client_secret is None
+        and settings.client_key is None
+        and settings.oauth_refresh_token is None
+    ):
+        raise ConfigurationError(
+            f"AUTHSEC_MODE=oauth needs {env_var('client_secret')} or {env_var('client_key')} "
+            f"(client credentials), or {env_var('oauth_refresh_token')} (a user's sign-in)"
+        )
+    return "oauth"
 
 
 def _explain(exc: ValidationError) -> str:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from .broker import RefreshPolicy, TokenBroker
     from .fetch import SecureFetcher
+    from .stores import TokenStore
     from .transports.base import Transport
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "build_fetcher",
     "build_transport",
     "client_id_for",
+    "oauth_transport",
     "recording_source",
     "refresh_policy",
 ]
@@ -61,6 +63,8 @@ def build_transport(settings: AuthSecSettings) -> Transport:
         return MockTransport()
     if mode == "live":
         return _live_transport(settings)
+    if mode == "oauth":
+        return oauth_transport(settings)
     if importlib.util.find_spec(f"{__package__}.transports.replay") is None:
         raise ConfigurationError(
             f"AUTHSEC_MODE={mode} is not available yet in this version of authsec-crewai; "
@@ -98,6 +102,48 @@ def _live_transport(settings: AuthSecSettings) -> Transport:
     return LiveTransport(
         settings.base_url,
         api_token=settings.api_token_value(),
+        timeout=settings.timeout,
+        retry_budget=settings.retry_budget,
+    )
+
+
+def oauth_transport(settings: AuthSecSettings, store: TokenStore | None = None) -> Transport:
+    """The OAuth transport of ``AUTHSEC_MODE=oauth``; with ``AUTHSEC_OAUTH_REFRESH_TOKEN``
+    it spends a refresh-token chain kept in ``store`` (shared by the fleet), or in this
+    process when there is none."""
+    from .stores.chain import LocalRefreshChain, SharedRefreshChain
+    from .transports.oauth import OAuthTransport, RefreshChain
+
+    if settings.client_id is None:  # pragma: no cover - the settings refused this already
+        raise ConfigurationError(f"{env_var('client_id')} is not set")
+    secret, key_pem, refresh_token = settings.oauth_secrets()
+    chain: RefreshChain | None = None
+    if refresh_token is not None:
+        issuer = settings.oauth_issuer or f"resource:{settings.resource}"
+        # The chain's lease must outlive one grant, retries included.
+        lease = max(settings.retry_budget, settings.timeout) + 5.0
+        chain = (
+            LocalRefreshChain(refresh_token)
+            if store is None
+            else SharedRefreshChain(
+                refresh_token,
+                store,
+                issuer=issuer,
+                client_id=settings.client_id,
+                lease_seconds=max(lease, store.lease_seconds),
+            )
+        )
+    return OAuthTransport(
+        client_id=settings.client_id,
+        issuer=settings.oauth_issuer,
+        resource=settings.resource,
+        client_secret=secret,
+        private_key=key_pem,
+        key_id=settings.client_key_id,
+        auth_method=settings.oauth_auth_method,
+        refresh_chain=chain,
+        verify_access_tokens=settings.verify,
+        leeway=settings.verify_leeway,
         timeout=settings.timeout,
         retry_budget=settings.retry_budget,
     )
@@ -153,10 +199,15 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     from .broker import TokenBroker
     from .stores import build_store
 
-    chosen = transport if transport is not None else build_transport(settings)
-    # A transport on its own clock (a recorded session) lives on its own time:
-    # its tokens are never shared with other processes.
-    own_time = chosen.info.clock is not None
+    if transport is None and settings.resolved_mode == "oauth":
+        # The fleet's refresh-token chain lives in the store its tokens are shared in.
+        store = build_store(settings)
+        chosen = oauth_transport(settings, store)
+    else:
+        chosen = transport if transport is not None else build_transport(settings)
+        # A transport on its own clock (a recorded session) lives on its own time:
+        # its tokens are never shared with other processes.
+        store = None if chosen.info.clock is not None else build_store(settings)
     return TokenBroker(
         chosen,
         client_id=client_id_for(settings, chosen),
@@ -165,7 +216,7 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
         clock=chosen.info.clock or time.time,
-        store=None if own_time else build_store(settings),
+        store=store,
     )
 
 
