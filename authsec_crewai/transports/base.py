@@ -82,6 +82,10 @@ class TransportInfo:
     client_ids: Literal["uuid", "opaque"] = "uuid"
     """What a client id must look like: AuthSec agents are UUIDs; an OAuth client id
     is any non-empty string."""
+    whole_grant: bool = True
+    """True when a token's permissions are everything the agent is granted (AuthSec's
+    delegation tokens), so the broker refuses a scope outside them without asking;
+    False when a token holds only the scopes asked for (OAuth's ``scope``)."""
     verifies_tokens: bool = False
     """True when ``fetch_token`` verifies what it returns by its source's own rules
     (an OAuth access token against the issuer's ``jwks_uri``): the broker then adds
@@ -93,7 +97,8 @@ class TransportInfo:
             f"network_api={self.network_api}, base_url={self.base_url!r}, "
             f"api_base_url={self.api_base_url!r}, client_id={self.client_id!r}, "
             f"issuer={self.issuer!r}, audience={self.audience!r}, client_ids={self.client_ids!r}, "
-            f"verifies_tokens={self.verifies_tokens}, secrets=<{len(self.secrets)}>)"
+            f"whole_grant={self.whole_grant}, verifies_tokens={self.verifies_tokens}, "
+            f"secrets=<{len(self.secrets)}>)"
         )
 
 

@@ -186,6 +186,7 @@ class OAuthTransport(LiveTransport):
             issuer=self._issuer or "resource:" + self._resources[0],
             audience=self._resources,
             client_ids="opaque",
+            whole_grant=False,
             verifies_tokens=True,
         )
 
