@@ -320,6 +320,7 @@ class TokenBroker:
         info = transport.info
         self._opaque_ids = info.client_ids == "opaque"
         self._issuer = info.issuer
+        self._whole_grant = info.whole_grant
         self.client_id = (
             None if client_id is None else check_client_id(client_id, opaque=self._opaque_ids)
         )
@@ -958,7 +959,7 @@ class TokenBroker:
         agent.terminal = None
         exp = token.expires_at_ts
         issued = token.issued_at.timestamp()
-        if issued >= agent.grants_issued:
+        if issued >= agent.grants_issued and self._whole_grant:
             agent.grants, agent.grants_until, agent.grants_issued = token.permissions, exp, issued
         facts: dict[str, object] = {
             "client_id": agent.client_id,
