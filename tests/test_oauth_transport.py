@@ -376,3 +376,16 @@ async def test_two_issuers_with_one_client_id_do_not_share_a_store_entry(
         loopback_server.app = None
     assert [len(a.grants) for a in tenants] == [1, 1]
     assert seen[0].fingerprint != seen[1].fingerprint
+
+
+async def test_a_narrow_token_does_not_make_the_broker_refuse_other_scopes(
+    oauth: OAuthKit,
+) -> None:
+    """An OAuth token holds only the scopes asked for, not the client's whole grant."""
+    async with TokenBroker(_transport(oauth), client_id=BASIC_CLIENT) as broker:
+        read = await broker.token("read:records")
+        write = await broker.token("write:records")
+        with pytest.raises(errors.ScopeNotGrantedError):
+            await broker.token("admin:everything")
+    assert read.permissions == {"read:records"} and write.permissions == {"write:records"}
+    assert [g.scopes for g in oauth.authority.grants] == [{"read:records"}, {"write:records"}]

@@ -111,7 +111,8 @@ class _Refresh:
     scopes: frozenset[str]
     resources: tuple[str, ...]
     family: str
-    spent: bool = False
+    spent_at: float | None = None
+    successor: str | None = None
 
 
 def _fp(value: str) -> str:
@@ -137,6 +138,7 @@ class OAuthAuthority:
         path: str = "",
         auth_methods: Iterable[str] = AUTH_METHODS,
         rotate_refresh_tokens: bool = True,
+        reuse_grace: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if path and (not path.startswith("/") or path.endswith("/")):
@@ -147,6 +149,12 @@ class OAuthAuthority:
         self.path = path
         self.auth_methods = tuple(auth_methods)
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.reuse_grace = reuse_grace
+        """Seconds a spent refresh token may be presented again and answered with the
+        same successor (a lost answer; Okta's grace period): 0 is strict RFC 9700."""
+        self.answer_delay = 0.0
+        """Seconds the token endpoint waits *after* deciding (and rotating) before it
+        answers: the window in which a client that dies loses the rotated token."""
         self.clock = clock
         self.clients: dict[str, OAuthClient] = {}
         self.resources: dict[str, frozenset[str]] = {}
@@ -237,7 +245,7 @@ class OAuthAuthority:
                 1
                 for r in self._refresh.values()
                 if r.client_id == client_id
-                and not r.spent
+                and r.spent_at is None
                 and r.family not in self.revoked_families
             )
 
@@ -415,7 +423,12 @@ class OAuthAuthority:
                 raise OAuthRefusal(
                     "invalid_grant", "the refresh token was issued to another client"
                 )
-            if found.spent:
+            regrant = (
+                found.spent_at is not None
+                and found.successor is not None
+                and self.clock() - found.spent_at <= self.reuse_grace
+            )
+            if found.spent_at is not None and not regrant:
                 self.revoked_families.add(found.family)  # RFC 9700 §4.14.2: reuse is theft
                 raise OAuthRefusal(
                     "invalid_grant", "refresh token reused: every token of its family is revoked"
@@ -426,10 +439,10 @@ class OAuthAuthority:
                 raise OAuthRefusal("invalid_scope", f"beyond the grant: {beyond}")
             if found.resources and not set(resources) <= set(found.resources):
                 raise OAuthRefusal("invalid_target", "beyond the resources of the grant")
-            rotated = None
-            if self.rotate_refresh_tokens:
-                found.spent = True
-                rotated = "rt-" + secrets.token_urlsafe(24)
+            rotated = found.successor if regrant else None
+            if self.rotate_refresh_tokens and not regrant:
+                found.spent_at = self.clock()
+                rotated = found.successor = "rt-" + secrets.token_urlsafe(24)
                 self._refresh[rotated] = _Refresh(
                     client.client_id, found.scopes, found.resources, found.family
                 )

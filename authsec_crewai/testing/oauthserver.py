@@ -27,6 +27,7 @@ from collections import Counter, deque
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -179,6 +180,11 @@ class _Endpoints:
             answer = authority.grant(form, resources, client=client, method=method, origin=origin)
         except OAuthRefusal as exc:
             return _refusal(exc)
+        # Decided (and rotated) already; the answer waits, unless the client left.
+        for _ in range(round(authority.answer_delay / 0.05)):
+            if await request.is_disconnected():
+                break
+            await anyio.sleep(0.05)
         return JSONResponse(answer, headers=_NO_STORE)
 
     @staticmethod
