@@ -8,6 +8,8 @@ broker serving it all, under asyncio and trio.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -389,3 +391,26 @@ async def test_a_narrow_token_does_not_make_the_broker_refuse_other_scopes(
             await broker.token("admin:everything")
     assert read.permissions == {"read:records"} and write.permissions == {"write:records"}
     assert [g.scopes for g in oauth.authority.grants] == [{"read:records"}, {"write:records"}]
+
+
+async def test_a_broker_agent_cannot_borrow_another_clients_credentials(
+    oauth: OAuthKit,
+) -> None:
+    async with TokenBroker(_transport(oauth), client_id=BASIC_CLIENT) as broker:
+        with pytest.raises(errors.ConfigurationError, match="authenticates as"):
+            await broker.token(SCOPE, agent="someone-else")
+        with pytest.raises(errors.ConfigurationError, match="printable"):
+            await broker.token(SCOPE, agent="evil\nclient")
+    assert oauth.token_requests == 0
+
+
+def test_the_oauth_transport_imports_nothing_heavy() -> None:
+    """Authlib is only benchmarked against; httpx2, crewai and coredis stay unloaded."""
+    code = (
+        "import sys, authsec_crewai, authsec_crewai.transports.oauth, authsec_crewai.stores.chain;"
+        "print(sorted(m for m in ('authlib', 'crewai', 'httpx2', 'coredis') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -335,6 +335,14 @@ class OAuthTransport(LiveTransport):
 
     async def fetch_token(self, request: TokenRequest) -> DelegationToken:
         """One access token for ``request`` (its audience is the RFC 8707 resource)."""
+        if request.client_id != self._creds.client_id:
+            # A token got with this client's credentials must never be cached as
+            # another agent's: each OAuth client needs a transport of its own.
+            raise errors.ConfigurationError(
+                f"this OAuthTransport authenticates as {self._creds.client_id!r}, not as "
+                f"{request.client_id[:60]!r}; give each OAuth client a transport (and a "
+                "broker) of its own"
+            )
         metadata = await self.discover()
         resources = request.audience or self._resources
         if self._chain is None:
