@@ -414,3 +414,70 @@ def test_the_oauth_transport_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ({"token_type": "Bearer", "expires_in": 60}, "no 'access_token'"),
+        ({"access_token": "abc", "token_type": "DPoP", "expires_in": 60}, "not 'Bearer'"),
+        ({"access_token": "abc", "token_type": "Bearer", "expires_in": -5}, "already expired"),
+        ({"access_token": "a\x00b", "token_type": "Bearer", "expires_in": 60}, "printable"),
+        ({"access_token": "x" * 20000, "token_type": "Bearer", "expires_in": 60}, "at most"),
+        ({"access_token": "abc", "token_type": "Bearer", "scope": ["read"]}, "not a string"),
+        (
+            {"access_token": "abc", "token_type": "Bearer", "refresh_token": {"x": 1}},
+            "refresh_token",
+        ),
+    ],
+)
+async def test_hostile_token_answers_are_refused(
+    oauth: OAuthKit, answer: dict[str, Any], match: str
+) -> None:
+    oauth.faults.add(Fault.json(answer), path=TOKEN_ENDPOINT)
+    transport = _transport(oauth)
+    try:
+        with pytest.raises(errors.InvalidTokenResponseError, match=match):
+            await transport.fetch_token(_request())
+    finally:
+        await transport.aclose()
+
+
+async def test_an_error_description_echoing_the_secret_is_scrubbed(oauth: OAuthKit) -> None:
+    echo = {"error": "invalid_scope", "error_description": f"secret was {SECRET}"}
+    oauth.faults.add(Fault.json(echo, status=400), path=TOKEN_ENDPOINT)
+    transport = _transport(oauth, client_id=POST_CLIENT, auth_method="client_secret_post")
+    try:
+        with pytest.raises(errors.ScopeNotGrantedError) as caught:
+            await transport.fetch_token(_request(POST_CLIENT))
+    finally:
+        await transport.aclose()
+    assert SECRET not in str(caught.value) and "[redacted]" in str(caught.value)
+
+
+async def test_oversized_and_dripping_token_answers_are_bounded(oauth: OAuthKit) -> None:
+    oauth.faults.add(Fault.oversized(2 * 1024 * 1024), path=TOKEN_ENDPOINT)
+    oauth.faults.add(Fault.dripping(0.05), path=TOKEN_ENDPOINT)
+    transport = _transport(oauth, timeout=0.5, retry_budget=0)
+    try:
+        with pytest.raises(errors.InvalidTokenResponseError, match="larger than"):
+            await transport.fetch_token(_request())
+        with anyio.fail_after(5), pytest.raises(errors.TransportTimeoutError):
+            await transport.fetch_token(_request())
+    finally:
+        await transport.aclose()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_grant(oauth: OAuthKit) -> None:
+    oauth.faults.add(Fault.slow(0.5), path=TOKEN_ENDPOINT)
+    async with TokenBroker(_transport(oauth), client_id=BASIC_CLIENT) as broker:
+        got = []
+
+        async def patient() -> None:
+            got.append(await broker.token(SCOPE))
+
+        async with anyio.create_task_group() as tg:
+            with anyio.move_on_after(0.1):
+                await broker.token(SCOPE)  # gives up while the grant is in flight
+            tg.start_soon(patient)
+    assert len(got) == 1 and oauth.token_requests == 1
