@@ -481,3 +481,41 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_grant(oauth: OAuthK
                 await broker.token(SCOPE)  # gives up while the grant is in flight
             tg.start_soon(patient)
     assert len(got) == 1 and oauth.token_requests == 1
+
+
+async def test_discovery_falls_back_to_openid_connect_where_okta_and_keycloak_serve_it(
+    loopback_server: LoopbackServer, as_key: RSAKey, client_key: RSAKey
+) -> None:
+    authority = OAuthAuthority(key=as_key, path="/realms/agents")
+    register_clients(authority, client_key)
+    faults = MockFaults()
+    faults.add(Fault.json({"error": "not_found"}, status=404), path=AS_METADATA_PATH)
+    app = create_oauth_app(authority, faults=faults)
+    loopback_server.app = app
+    try:
+        transport = OAuthTransport(
+            issuer=loopback_server.url + "/realms/agents",
+            client_id=BASIC_CLIENT,
+            client_secret=SECRET,
+        )
+        try:
+            await transport.fetch_token(_request())
+        finally:
+            await transport.aclose()
+    finally:
+        loopback_server.app = None
+    counts = app.state.counts
+    assert counts[AS_METADATA_PATH + "/realms/agents"] == 1  # RFC 8414 first: absent
+    assert counts["/.well-known/openid-configuration/realms/agents"] == 1  # inserted: absent
+    assert counts["/realms/agents/.well-known/openid-configuration"] == 1  # appended: found
+    assert len(authority.grants) == 1
+
+
+async def test_an_issuer_without_metadata_is_a_configuration_error(oauth: OAuthKit) -> None:
+    transport = _transport(oauth, issuer=oauth.url + "/nobody-here")
+    try:
+        with pytest.raises(errors.ConfigurationError, match="publishes no"):
+            await transport.fetch_token(_request())
+    finally:
+        await transport.aclose()
+    assert oauth.token_requests == 0

@@ -5,6 +5,8 @@ What it serves (paths under the issuer's path, see :class:`OAuthAuthority`):
 - ``GET /.well-known/oauth-authorization-server{path}``: RFC 8414 metadata;
 - ``POST {path}/oauth/token``: ``client_credentials`` and ``refresh_token``
   grants (RFC 6749 §4.4, §6) with ``scope`` and ``resource`` (RFC 8707);
+- ``GET {path}/.well-known/openid-configuration``: the same, where OpenID Connect
+  discovery appends it to the issuer (Okta, Keycloak);
 - ``GET {path}/oauth/jwks``: the keys that sign its JWT access tokens;
 - for each registered resource ``R``: ``GET /.well-known/oauth-protected-resource{R}``
   (RFC 9728 metadata) and ``GET R`` itself, which answers only a live token
@@ -40,6 +42,7 @@ from .oauth_authority import OAuthAuthority, OAuthRefusal
 __all__ = [
     "AS_METADATA_PATH",
     "JWKS_ENDPOINT",
+    "OIDC_DISCOVERY_PATH",
     "RESOURCE_METADATA_PATH",
     "TOKEN_ENDPOINT",
     "OAuthTestServer",
@@ -49,6 +52,8 @@ __all__ = [
 
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
 RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
+OIDC_DISCOVERY_PATH = "/.well-known/openid-configuration"
+"""Also served appended to the issuer, as Okta's and Keycloak's issuers serve it."""
 TOKEN_ENDPOINT = "/oauth/token"  # noqa: S105 (a path, not a secret)
 JWKS_ENDPOINT = "/oauth/jwks"
 MAX_FORM_BYTES = 64 * 1024
@@ -139,6 +144,8 @@ class _Endpoints:
             if authority is not None and request.method == "GET":
                 return JSONResponse(self._resource_metadata(authority, origin, resource_path))
         for prefix, authority in self.authorities.items():
+            if path == prefix + OIDC_DISCOVERY_PATH and request.method == "GET":
+                return JSONResponse(self._as_metadata(authority, origin))
             if path == prefix + TOKEN_ENDPOINT and request.method == "POST":
                 return await self._token(request, authority, origin)
             if path == prefix + JWKS_ENDPOINT and request.method == "GET":

@@ -20,6 +20,7 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "ServerMetadata",
     "as_metadata_url",
+    "as_metadata_urls",
     "check_endpoint",
     "parse_as_metadata",
     "parse_resource_metadata",
@@ -51,6 +52,18 @@ def _well_known(url: str, segment: str) -> str:
 def as_metadata_url(issuer: str) -> str:
     """``https://as.example/tenant`` -> ``https://as.example/.well-known/oauth-authorization-server/tenant``."""
     return _well_known(issuer, "oauth-authorization-server")
+
+
+def as_metadata_urls(issuer: str) -> tuple[str, ...]:
+    """Where an issuer's metadata may be, in the order tried (the MCP authorization
+    spec's): RFC 8414, then OpenID Connect Discovery with the well-known segment
+    inserted, then appended to the issuer (Okta's custom servers, Keycloak's realms).
+    Every one of them must name the same issuer."""
+    urls = [as_metadata_url(issuer), _well_known(issuer, "openid-configuration")]
+    appended = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    if appended not in urls:
+        urls.append(appended)
+    return tuple(urls)
 
 
 def resource_metadata_url(resource: str) -> str:

@@ -44,7 +44,7 @@ from ._oauth_answers import TokenAnswer, error_for_answer, looks_like_jwt, parse
 from ._oauth_client_auth import ClientCredentials, load_private_key
 from ._oauth_discovery import (
     ServerMetadata,
-    as_metadata_url,
+    as_metadata_urls,
     parse_as_metadata,
     parse_resource_metadata,
     resource_metadata_url,
@@ -209,7 +209,9 @@ class OAuthTransport(LiveTransport):
 
     # --- discovery --------------------------------------------------------------------
 
-    async def _get_json(self, url: str, what: str) -> Any:
+    async def _get_json(self, url: str, what: str, *, absent_ok: bool = False) -> Any:
+        """The JSON document at ``url``; with ``absent_ok``, None for a 404 or 410."""
+
         async def attempt() -> Any:
             status, raw, headers = await self._exchange(
                 "GET", url, {"accept": "application/json"}, what
@@ -225,6 +227,8 @@ class OAuthTransport(LiveTransport):
                     retry_after=retry_after,
                     secrets=self._secrets(),
                 )
+            if absent_ok and status in (404, 410):
+                return None
             if status != 200:
                 raise errors.ConfigurationError(
                     f"{url} answered {status} for the {what}; check {self._url_setting}"
@@ -251,10 +255,7 @@ class OAuthTransport(LiveTransport):
                         resource_metadata_url(resource), "protected-resource metadata"
                     )
                     issuer = parse_resource_metadata(body, resource)[0]
-                body = await self._get_json(
-                    as_metadata_url(issuer), "authorization-server metadata"
-                )
-                metadata = parse_as_metadata(body, issuer)
+                metadata = await self._as_metadata(issuer)
                 if "client_credentials" not in metadata.grant_types and self._chain is None:
                     _log.warning(
                         "authsec.oauth.grant_not_advertised",
@@ -271,6 +272,17 @@ class OAuthTransport(LiveTransport):
                     auth_method=self._method,
                 )
         return self._metadata
+
+    async def _as_metadata(self, issuer: str) -> ServerMetadata:
+        """The first metadata document found where RFC 8414 and OpenID Connect say."""
+        for url in as_metadata_urls(issuer):
+            body = await self._get_json(url, "authorization-server metadata", absent_ok=True)
+            if body is not None:
+                return parse_as_metadata(body, issuer)
+        raise errors.ConfigurationError(
+            f"{issuer} publishes no authorization-server metadata (RFC 8414 or OpenID "
+            "Connect discovery); check AUTHSEC_OAUTH_ISSUER"
+        )
 
     # --- the grant ----------------------------------------------------------------------
 
