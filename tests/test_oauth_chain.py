@@ -15,12 +15,13 @@ from typing import Any
 
 import anyio
 import pytest
+from _redis import RedisServer
 from oauthkit import PUBLIC_CLIENT, OAuthKit
 from structlog.testing import capture_logs
 
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
-from authsec_crewai.stores import SQLiteStore
+from authsec_crewai.stores import SQLiteStore, TokenStore
 from authsec_crewai.stores.chain import ChainState, SharedRefreshChain
 from authsec_crewai.testing import oauth_error
 from authsec_crewai.testing.oauthserver import TOKEN_ENDPOINT
@@ -33,13 +34,21 @@ SCOPES = ("read:records", "write:records")
 
 
 class Fleetlet:
-    """Brokers on one SQLite store, each with its own chain on the same seed."""
+    """Brokers on one shared store (SQLite, or Redis when ``redis_url``), each with its
+    own store connection and its own chain on the same seed."""
 
-    def __init__(self, oauth: OAuthKit, path: Path, seed: str) -> None:
-        self.oauth, self.path, self.seed = oauth, path, seed
+    def __init__(self, oauth: OAuthKit, path: Path, seed: str, redis_url: str = "") -> None:
+        self.oauth, self.path, self.seed, self.redis_url = oauth, path, seed, redis_url
+
+    def store(self) -> TokenStore:
+        if self.redis_url:
+            from authsec_crewai.stores.redis import RedisStore
+
+            return RedisStore(self.redis_url, keys=[KEY])
+        return SQLiteStore(self.path, keys=[KEY])
 
     def broker(self, seed: str | None = None, **chain: Any) -> TokenBroker:
-        store = SQLiteStore(self.path, keys=[KEY])
+        store = self.store()
         refresh = SharedRefreshChain(
             seed or self.seed,
             store,
@@ -60,6 +69,15 @@ def fleetlet(oauth: OAuthKit, tmp_path: Path) -> Fleetlet:
     return Fleetlet(oauth, tmp_path / "tokens.db", seed)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def any_fleetlet(request: pytest.FixtureRequest, oauth: OAuthKit, tmp_path: Path) -> Fleetlet:
+    seed = oauth.authority.issue_refresh_token(PUBLIC_CLIENT, SCOPES)
+    if request.param == "sqlite":
+        return Fleetlet(oauth, tmp_path / "tokens.db", seed)
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return Fleetlet(oauth, tmp_path / "unused.db", seed, redis_url=redis.url)
+
+
 async def _stored(fleetlet: Fleetlet) -> ChainState | None:
     """The chain as the store holds it, read by a process of its own."""
     async with SQLiteStore(fleetlet.path, keys=[KEY]) as store:
@@ -78,8 +96,9 @@ def _chain(broker: TokenBroker) -> SharedRefreshChain:
 
 
 async def test_brokers_sharing_a_seed_spend_each_refresh_token_once(
-    fleetlet: Fleetlet, oauth: OAuthKit
+    any_fleetlet: Fleetlet, oauth: OAuthKit
 ) -> None:
+    fleetlet = any_fleetlet
     brokers = [fleetlet.broker() for _ in range(4)]
     errors_seen: list[BaseException] = []
     async with contextlib.AsyncExitStack() as stack:
@@ -105,8 +124,9 @@ async def test_brokers_sharing_a_seed_spend_each_refresh_token_once(
     assert not oauth.authority.revoked_families
     grants = [g for g in oauth.authority.grants if g.grant_type == "refresh_token"]
     assert state is not None and state.generation == len(grants) and state.spending is None
-    stored = fleetlet.path.read_bytes()
-    assert fleetlet.seed.encode() not in stored and state.token.encode() not in stored
+    if not fleetlet.redis_url:
+        stored = fleetlet.path.read_bytes()
+        assert fleetlet.seed.encode() not in stored and state.token.encode() not in stored
 
 
 async def test_a_process_started_later_with_the_spent_seed_joins_the_chain(
