@@ -20,10 +20,12 @@ from oauthkit import AGENT_KEY_ID, BASIC_CLIENT, JWT_CLIENT, PUBLIC_CLIENT, SECR
 
 from authsec_crewai.auth import BrokerAuth
 from authsec_crewai.broker import TokenBroker
+from authsec_crewai.settings import AuthSecSettings
 from authsec_crewai.stores.chain import LocalRefreshChain
 from authsec_crewai.testing import block_network
 from authsec_crewai.token import DelegationToken
 from authsec_crewai.transports import OAuthTransport, RecordingTransport, ReplayTransport
+from authsec_crewai.wiring import build_broker
 
 pytestmark = pytest.mark.anyio
 
@@ -101,3 +103,22 @@ async def test_private_key_jwt_and_refresh_chain_sessions_leave_no_credential(
     for secret in (pem.splitlines()[1], seed, *chain.secrets(), "client_assertion"):
         assert secret not in text
     assert [g.auth_method for g in oauth.authority.grants] == ["private_key_jwt", "none"]
+
+
+async def test_an_oauth_cassette_replays_from_settings_alone(
+    oauth: OAuthKit, tmp_path: Path, clean_env: None
+) -> None:
+    path = tmp_path / "oauth.json"
+    live = OAuthTransport(
+        issuer=oauth.issuer, resource=oauth.resource, client_id=BASIC_CLIENT, client_secret=SECRET
+    )
+    recorded, _ = await _session(RecordingTransport(live, path), oauth, BASIC_CLIENT)
+    settings = AuthSecSettings(mode="replay", cassette=path)
+    with block_network() as attempts:
+        async with build_broker(settings) as broker:
+            assert broker.client_id == BASIC_CLIENT  # the recorded (opaque) client id
+            replayed = await broker.token(SCOPE)
+            request = broker.request_for(SCOPE)
+    assert attempts == []
+    assert replayed.permissions == recorded.permissions
+    assert request.issuer == oauth.issuer and request.audience == (oauth.resource,)
