@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from _redis import RedisServer
 from fleetkit import Worker, mixed, start_fleet, stop_fleet
-from oauthkit import BASIC_CLIENT, PUBLIC_CLIENT, SECRET, OAuthKit
+from joserfc.jwk import RSAKey
+from oauthkit import AGENT_KEY_ID, BASIC_CLIENT, JWT_CLIENT, PUBLIC_CLIENT, SECRET, OAuthKit
 
 KEY_TEXT = base64.urlsafe_b64encode(os.urandom(32)).decode()
 Fleet = Callable[..., list[Worker]]
@@ -65,18 +66,37 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("method", ["client_secret_basic", "private_key_jwt"])
 def test_a_cold_fleet_makes_one_client_credentials_request(
-    oauth: OAuthKit, store_url: str, fleet: Fleet
+    oauth: OAuthKit,
+    store_url: str,
+    fleet: Fleet,
+    method: str,
+    client_key: RSAKey,
+    tmp_path: Path,
 ) -> None:
-    workers = fleet(8, store_url, AUTHSEC_CLIENT_ID=BASIC_CLIENT, AUTHSEC_CLIENT_SECRET=SECRET)
+    pem = client_key.as_pem(private=True)
+    (tmp_path / "agent.pem").write_bytes(pem)
+    credentials = (
+        {"AUTHSEC_CLIENT_ID": BASIC_CLIENT, "AUTHSEC_CLIENT_SECRET": SECRET}
+        if method == "client_secret_basic"
+        else {
+            "AUTHSEC_CLIENT_ID": JWT_CLIENT,
+            "AUTHSEC_CLIENT_KEY": str(tmp_path / "agent.pem"),
+            "AUTHSEC_CLIENT_KEY_ID": AGENT_KEY_ID,
+        }
+    )
+    workers = fleet(8, store_url, AUTHSEC_LOG_LEVEL="DEBUG", **credentials)
     answers = _herd(workers, 200)
     assert [a["served"] for a in answers] == [200] * 8, [w.stderr()[-2000:] for w in workers]
     assert len({fp for a in answers for fp in a["fingerprints"]}) == 1  # type: ignore[attr-defined]
     assert oauth.token_requests == 1
     (grant,) = oauth.authority.grants
-    assert grant.resources == (oauth.resource,) and grant.auth_method == "client_secret_basic"
+    assert grant.resources == (oauth.resource,) and grant.auth_method == method
+    key_line = pem.decode().splitlines()[1]
     for worker in workers:
-        assert SECRET not in worker.stderr()
+        logged = worker.stderr()
+        assert SECRET not in logged and key_line not in logged
 
 
 def test_a_rotating_chain_is_spent_once_per_turn_by_six_processes(
