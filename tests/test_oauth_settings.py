@@ -162,3 +162,22 @@ async def test_basic_secret_from_the_environment(
     async with build_broker(AuthSecSettings()) as broker:
         await broker.token("read:records")
     assert oauth.authority.grants[0].auth_method == "client_secret_basic"
+
+
+@pytest.mark.anyio
+async def test_a_confidential_client_authenticates_its_refresh_grants(
+    monkeypatch: pytest.MonkeyPatch, oauth: OAuthKit
+) -> None:
+    seed = oauth.authority.issue_refresh_token(BASIC_CLIENT, ["read:records"])
+    _env(
+        monkeypatch,
+        mode="oauth",
+        client_id=BASIC_CLIENT,
+        oauth_issuer=oauth.issuer,
+        client_secret=SECRET,
+        oauth_refresh_token=seed,
+    )
+    async with build_broker(AuthSecSettings()) as broker:
+        await broker.token("read:records")
+    (grant,) = oauth.authority.grants
+    assert (grant.grant_type, grant.auth_method) == ("refresh_token", "client_secret_basic")

@@ -519,3 +519,19 @@ async def test_an_issuer_without_metadata_is_a_configuration_error(oauth: OAuthK
     finally:
         await transport.aclose()
     assert oauth.token_requests == 0
+
+
+async def test_a_resource_without_well_known_metadata_is_found_from_its_401(
+    oauth: OAuthKit,
+) -> None:
+    well_known = "/.well-known/oauth-protected-resource/mcp"
+    oauth.faults.add(Fault.json({"error": "not_found"}, status=404), path=well_known)
+    transport = _transport(oauth, issuer=None)
+    try:
+        token = await transport.fetch_token(_request())
+    finally:
+        await transport.aclose()
+    assert token.audience == (oauth.resource,)
+    # The well-known URL first (absent), then the resource's own 401 challenge, whose
+    # resource_metadata points at the document.
+    assert oauth.counts["/mcp"] == 1 and oauth.counts[well_known] == 2

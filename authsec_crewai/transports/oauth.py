@@ -24,6 +24,7 @@ faults) is the AuthSec transport's, inherited: only what is OAuth lives here.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -45,6 +46,7 @@ from ._oauth_client_auth import ClientCredentials, load_private_key
 from ._oauth_discovery import (
     ServerMetadata,
     as_metadata_urls,
+    check_endpoint,
     parse_as_metadata,
     parse_resource_metadata,
     resource_metadata_url,
@@ -55,6 +57,8 @@ from .live import LiveTransport, _json_or_none, parse_retry_after
 __all__ = ["OAuthTransport", "RefreshChain"]
 
 _log = get_logger("authsec_crewai.transports.oauth")
+_RESOURCE_METADATA = re.compile(r'resource_metadata="([^"\s]{1,2048})"')
+"""RFC 9728 §5.1: where a resource's 401 challenge says its metadata is."""
 _KEY_REFETCH_SECONDS = 30.0
 """An unknown ``kid`` re-reads ``jwks_uri`` at most this often (key rotation, not a DoS)."""
 
@@ -250,11 +254,7 @@ class OAuthTransport(LiveTransport):
             if self._metadata is None:
                 issuer = self._issuer
                 if issuer is None:
-                    resource = self._resources[0]
-                    body = await self._get_json(
-                        resource_metadata_url(resource), "protected-resource metadata"
-                    )
-                    issuer = parse_resource_metadata(body, resource)[0]
+                    issuer = await self._resource_issuer(self._resources[0])
                 metadata = await self._as_metadata(issuer)
                 if "client_credentials" not in metadata.grant_types and self._chain is None:
                     _log.warning(
@@ -272,6 +272,25 @@ class OAuthTransport(LiveTransport):
                     auth_method=self._method,
                 )
         return self._metadata
+
+    async def _resource_issuer(self, resource: str) -> str:
+        """The issuer a resource names in its RFC 9728 metadata: at the well-known URL,
+        else where the resource's own 401 challenge points (``resource_metadata``)."""
+        what = "protected-resource metadata"
+        body = await self._get_json(resource_metadata_url(resource), what, absent_ok=True)
+        if body is None:
+            status, _, headers = await self._exchange(
+                "GET", resource, {"accept": "application/json"}, "resource challenge"
+            )
+            found = _RESOURCE_METADATA.search(headers.get("www-authenticate", ""))
+            if status != 401 or found is None:
+                raise errors.ConfigurationError(
+                    f"{resource} publishes no protected-resource metadata (RFC 9728); set "
+                    "AUTHSEC_OAUTH_ISSUER"
+                )
+            url = check_endpoint(found.group(1), "resource_metadata", f"{resource}'s 401")
+            body = await self._get_json(url, what)
+        return parse_resource_metadata(body, resource)[0]
 
     async def _as_metadata(self, issuer: str) -> ServerMetadata:
         """The first metadata document found where RFC 8414 and OpenID Connect say."""
