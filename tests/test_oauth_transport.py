@@ -92,10 +92,13 @@ async def test_client_credentials_with_scope_and_resource_from_discovery(oauth: 
 async def test_the_issuer_is_discovered_from_the_resource(oauth: OAuthKit) -> None:
     transport = _transport(oauth, issuer=None)
     try:
-        token = await transport.fetch_token(_request())
-        await transport.fetch_token(_request())
+        with capture_logs() as logs:
+            token = await transport.fetch_token(_request())
+            await transport.fetch_token(_request())
     finally:
         await transport.aclose()
+    # A secret now goes where the resource says: said once, so it can be pinned.
+    assert [e["event"] for e in logs].count("authsec.oauth.issuer_from_resource") == 1
     assert token.audience == (oauth.resource,)
     assert oauth.counts["/.well-known/oauth-protected-resource/mcp"] == 1
     assert oauth.counts[AS_METADATA_PATH] == 1

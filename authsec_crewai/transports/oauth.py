@@ -255,6 +255,15 @@ class OAuthTransport(LiveTransport):
                 issuer = self._issuer
                 if issuer is None:
                     issuer = await self._resource_issuer(self._resources[0])
+                    if self._creds.secret:
+                        # A secret is replayable wherever it is sent: the resource now
+                        # decides where. An assertion is bound to its token endpoint.
+                        _log.warning(
+                            "authsec.oauth.issuer_from_resource",
+                            issuer=issuer,
+                            hint="the client secret goes to the issuer the resource names; "
+                            "set AUTHSEC_OAUTH_ISSUER to pin it",
+                        )
                 metadata = await self._as_metadata(issuer)
                 if "client_credentials" not in metadata.grant_types and self._chain is None:
                     _log.warning(
