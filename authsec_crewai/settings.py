@@ -445,11 +445,12 @@ class AuthSecSettings(BaseSettings):
     @field_validator("client_id")
     @classmethod
     def _check_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("mode") == "oauth":
+            return _check_oauth_client_id(value.strip())  # opaque (RFC 6749 §2.2)
+
         if value is None:
             return None
         text = value.strip()
-        if info.data.get("mode") == "oauth":
-            return _check_oauth_client_id(text)
         if not _UUID_TEXT.fullmatch(text):
             raise ValueError(
                 "the client id must be the agent's UUID (like "
