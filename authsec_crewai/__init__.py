@@ -17,7 +17,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .auth import BrokerAuth
-    from .broker import BrokerStats, RefreshPolicy, TokenBroker
+    from .broker import BrokerStats, TokenBroker
     from .errors import (
         AuthenticationError,
         AuthSecError,
@@ -26,12 +26,14 @@ if TYPE_CHECKING:
         ClientAuthenticationError,
         ConfigurationError,
         DelegationExpiredError,
+        EndpointNotFoundError,
         EndpointRefusedError,
         FetchError,
         InsufficientScopeError,
         InvalidClientIdError,
         InvalidGrantError,
         InvalidTokenResponseError,
+        MissingExtraError,
         NotDelegatedError,
         OAuthRequestError,
         ProtectedApiError,
@@ -44,8 +46,10 @@ if TYPE_CHECKING:
         TokenVerificationError,
         TransportError,
         TransportTimeoutError,
+        UnreachableError,
     )
     from .fetch import FetchResult, SecureFetcher
+    from .policy import RefreshPolicy
     from .settings import DEMO_CLIENT_ID, AuthSecSettings
     from .sync import SyncTokenBroker
     from .token import DelegationToken, TokenRequest
@@ -58,7 +62,7 @@ _WHERE = {
     "DEMO_CLIENT_ID": ".settings",
     "DelegationToken": ".token",
     "FetchResult": ".fetch",
-    "RefreshPolicy": ".broker",
+    "RefreshPolicy": ".policy",
     "SecureFetcher": ".fetch",
     "SyncTokenBroker": ".sync",
     "TokenBroker": ".broker",
@@ -83,6 +87,7 @@ __all__ = [
     "ConfigurationError",
     "DelegationExpiredError",
     "DelegationToken",
+    "EndpointNotFoundError",
     "EndpointRefusedError",
     "FetchError",
     "FetchResult",
@@ -90,6 +95,7 @@ __all__ = [
     "InvalidClientIdError",
     "InvalidGrantError",
     "InvalidTokenResponseError",
+    "MissingExtraError",
     "NotDelegatedError",
     "OAuthRequestError",
     "ProtectedApiError",
@@ -107,6 +113,7 @@ __all__ = [
     "TokenVerificationError",
     "TransportError",
     "TransportTimeoutError",
+    "UnreachableError",
     "__version__",
     "build_broker",
     "build_fetcher",

@@ -36,6 +36,9 @@ T = TypeVar("T")
 _log = get_logger("authsec_crewai.thread")
 _CLOSED = "the broker's event-loop thread was closed"
 
+START_TIMEOUT = 30.0
+"""Longest :meth:`BrokerThread.start` waits for its loop to run and its broker to enter."""
+
 
 class _Job:
     """One call handed to a runtime's loop, and its outcome."""
@@ -81,8 +84,10 @@ class BrokerThread:
         *,
         owns_broker: bool,
         backend: Literal["asyncio", "trio"] = "asyncio",
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.broker = broker
+        self._start_timeout = start_timeout
         self._backend = backend
         self._owns_broker = owns_broker
         self._lock = threading.Lock()
@@ -95,6 +100,7 @@ class BrokerThread:
         self._closed = False
         self._ended = False  # the loop has stopped: nothing handed to it will run
         self._pending: set[_Job] = set()  # handed to the loop, not finished yet
+        self._starting: tuple[LoopRef, anyio.CancelScope] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._home else "not started")
@@ -112,7 +118,8 @@ class BrokerThread:
         return self._closed or self._failure is not None
 
     def start(self) -> None:
-        """Start the loop thread (once) and wait until it accepts calls."""
+        """Start the loop thread (once) and wait until it accepts calls, at most
+        ``start_timeout`` seconds."""
         with self._lock:
             if self._closed:
                 raise errors.BrokerClosedError(_CLOSED)
@@ -121,7 +128,13 @@ class BrokerThread:
                     target=self._thread_main, name="authsec-crewai-broker", daemon=True
                 )
                 self._thread.start()
-        self._ready.wait()
+        if not self._ready.wait(self._start_timeout):
+            # The broker's entry hangs (a store that never answers, say): say so
+            # rather than block every caller for ever. The thread is a daemon.
+            raise errors.BrokerClosedError(
+                f"the broker did not start within {self._start_timeout:g}s (its transport "
+                "or shared store did not answer); check AUTHSEC_STORE and the network"
+            )
         if self._failure is not None:
             raise errors.BrokerClosedError(
                 f"the broker could not start ({type(self._failure).__name__}: "
@@ -149,16 +162,21 @@ class BrokerThread:
             self._ready.set()
 
     async def _main(self) -> None:
-        async with AsyncExitStack() as stack:
-            if self._owns_broker:
-                await stack.enter_async_context(self.broker)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stop = anyio.Event()
-            self._tg, self._home = tg, LoopRef.current()
-            self._ready.set()
-            await self._stop.wait()
-            self._tg = None  # from now on, new calls fail instead of starting
-            tg.cancel_scope.cancel()
+        # Until the broker has entered, close() may cancel a start that hangs. The
+        # scope holds the whole run: the broker's task groups open inside it.
+        with anyio.CancelScope() as starting:
+            self._starting = (LoopRef.current(), starting)
+            async with AsyncExitStack() as stack:
+                if self._owns_broker:
+                    await stack.enter_async_context(self.broker)
+                self._starting = None
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                self._stop = anyio.Event()
+                self._tg, self._home = tg, LoopRef.current()
+                self._ready.set()
+                await self._stop.wait()
+                self._tg = None  # from now on, new calls fail instead of starting
+                tg.cancel_scope.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting calls, cancel running ones, close an owned broker. Idempotent."""
@@ -169,6 +187,10 @@ class BrokerThread:
             thread = self._thread
         if thread is None:
             return
+        starting = self._starting
+        if not self._ready.is_set() and starting is not None:
+            loop, scope = starting  # a start that hangs (or gave up waiting): cancel it
+            loop.call_soon(scope.cancel)
         self._ready.wait(timeout)  # a start in progress: let it finish, then stop it
         home, stop = self._home, self._stop
         if home is None or stop is None:

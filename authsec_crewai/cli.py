@@ -25,11 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import click
-
+from ._lazy import requires_extra
 from ._version import __version__
 from .errors import AuthSecError, ConfigurationError
 from .redact import redact_text
+
+with requires_extra("cli", "the authsec-crewai command"):
+    import click
 
 if TYPE_CHECKING:
     from .token import DelegationToken
@@ -359,16 +361,10 @@ def serve_mock(
         raise ConfigurationFailed(
             f"--client-id {agent[:40]!r} is not a UUID (AuthSec client ids are UUIDs)"
         ) from None
-    try:
-        import uvicorn
+    import uvicorn  # the cli extra's, like click
 
-        from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
-        from .testing.mockserver import create_app
-    except ImportError as exc:
-        raise CommandFailed(
-            f"serve-mock needs starlette and uvicorn ({exc.name} is missing): "
-            "pip install starlette uvicorn"
-        ) from None
+    from .testing.authority import DEFAULT_PERMISSIONS, MockAuthority
+    from .testing.mockserver import create_app
 
     crew = {role: (str(uuid.uuid4()), grants) for role, grants in _parse_agents(agents)}
     authority = MockAuthority(
@@ -805,6 +801,74 @@ def _print_demo(outcome: Any) -> None:
     console.print(held)
     for role, answer in outcome.answers.items():
         console.print(Panel(escape(answer), title=f"{role}'s answer", title_align="left"))
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+_STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+@main.command()
+@click.option(
+    "--canary",
+    is_flag=True,
+    help="Also run a tool call with a canary token through every sink the library writes "
+    "(logs at DEBUG, spans through the scrubbing exporter, a recorded cassette, the tool "
+    "result) and fail if the canary appears in any. Offline: against a mock server on "
+    "loopback started for the run, never the configured one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts).")
+def doctor(canary: bool, as_json: bool) -> None:
+    """Check the set-up: is it right, and is it leaking?
+
+    Resolves the AUTHSEC_* settings and says which mode they select and why;
+    reaches AuthSec and the protected API and reports latency, TLS and the
+    clock skew against the server's Date header; checks the shared store (it
+    opens, its key opens the entries in it, SQLite's file is owner-only,
+    encryption is on). One line per check: ok, warn, fail or skip.
+
+    \b
+    Exit status:
+      0  every check passed (warnings allowed)
+      1  a check failed (unreachable, clock off, wrong store key, a leak)
+      2  the configuration is wrong (settings that do not resolve)
+    """
+    import json
+
+    import anyio
+
+    from .doctor import run_doctor
+
+    report = anyio.run(functools.partial(run_doctor, canary=canary))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_report(report)
+    if report.exit_code:
+        raise click.exceptions.Exit(report.exit_code)
+
+
+def _print_report(report: Any) -> None:
+    """One row per check; names and statuses whole, summaries folded at spaces (80 columns)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("finding", overflow="fold")
+    for check in report.checks:
+        style = _STATUS_STYLE[check.status]
+        table.add_row(f"[{style}]{check.status}[/]", _cell(check.name), _cell(check.summary))
+    console.print(table)
+    counts = report.to_dict()["counts"]
+    verdict = {0: "all good", 1: "a check failed", 2: "the configuration is wrong"}
+    console.print(
+        f"{counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed, "
+        f"{counts['skip']} skipped: {verdict[report.exit_code]} (exit {report.exit_code})"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m authsec_crewai.cli`

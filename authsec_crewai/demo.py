@@ -27,15 +27,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from crewai import Agent, BaseLLM, Crew, Task
-from crewai.crews.crew_output import CrewOutput
 from pydantic import Field
 
 from . import errors
+from ._lazy import requires_extra
 from .settings import AuthSecSettings
 from .testing.authority import MockAuthority
 from .tools import DEFAULT_TOOL_NAME, AuthSecSecureFetchTool, assign_identities
 from .transports.mock import MockTransport
+
+with requires_extra("crewai", "the demo crew"):
+    from crewai import Agent, BaseLLM, Crew, Task
+    from crewai.crews.crew_output import CrewOutput
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger

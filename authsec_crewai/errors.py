@@ -26,6 +26,7 @@ __all__ = [
     "InvalidClientIdError",
     "InvalidGrantError",
     "InvalidTokenResponseError",
+    "MissingExtraError",
     "NotDelegatedError",
     "OAuthRequestError",
     "ProtectedApiError",
@@ -54,6 +55,22 @@ class ConfigurationError(AuthSecError):
     """The settings are missing or wrong; nothing will work until they are fixed."""
 
     kind = "configuration"
+
+
+class MissingExtraError(ConfigurationError, ModuleNotFoundError):
+    """A feature's optional dependencies are not installed; the message names the extra.
+
+    Also a ``ModuleNotFoundError``, so code that guards an optional import
+    with ``except ImportError`` keeps working.
+    """
+
+    kind = "missing_extra"
+
+    def __init__(self, message: str, *, extra: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.extra = extra
+        """The extra to install: ``pip install 'authsec-crewai[<extra>]'``."""
 
 
 class BrokerClosedError(AuthSecError):

@@ -41,7 +41,7 @@ from . import errors, telemetry
 from ._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from ._urls import check_base_url
 from ._version import __version__
-from .logging import get_logger
+from .logging import ensure_http_log_filter, get_logger
 from .redact import redact_text, scrub_secrets, scrub_value
 from .token import canonical_scopes
 
@@ -453,13 +453,15 @@ class SecureFetcher:
     ``broker`` supplies tokens, for ``agent`` (a client id) when given, else
     for the broker's own agent. API traffic goes through ``client`` when given,
     else through an ``httpx.AsyncClient`` built on first use over
-    ``api_transport``: the mode's transport's :meth:`~authsec_crewai.transports.Transport.api`
-    (the mock vault in process, a cassette, a live socket pool) or a pool of the
-    caller's own. :func:`authsec_crewai.wiring.build_fetcher` picks it; one of
-    the two is required, so a fetcher never guesses where its traffic goes.
-    That client is created lazily so it belongs to the event loop that first
-    uses it; share a fetcher across event loops only when its API transport
-    allows it (the async tool gives each event loop a fetcher of its own).
+    ``api_transport``: by default the broker's transport's
+    :meth:`~authsec_crewai.transports.Transport.api` (the mock vault in
+    process, a cassette, a live socket pool), or a pool of the caller's own.
+    So ``SecureFetcher(broker)`` is all a fetcher needs;
+    :func:`authsec_crewai.wiring.build_fetcher` is the shortcut that also
+    applies the settings' policy. That client is created lazily so it belongs
+    to the event loop that first uses it; share a fetcher across event loops
+    only when its API transport allows it (the async tool gives each event
+    loop a fetcher of its own).
 
     Policy comes from ``settings`` (``allowed_scopes``, ``allowed_endpoints``,
     ``allowed_methods``, ``max_response_bytes``, ``timeout``,
@@ -481,11 +483,15 @@ class SecureFetcher:
         api_base_url: str | None = None,
         agent: str | None = None,
     ) -> None:
-        if (api_transport is None) == (client is None):
+        if api_transport is not None and client is not None:
             raise errors.ConfigurationError(
-                "SecureFetcher needs exactly one of api_transport= (e.g. transport.api()) or "
-                "client=; authsec_crewai.wiring.build_fetcher chooses it from the broker"
+                "SecureFetcher takes exactly one of api_transport= or client=, not both: "
+                "its API traffic goes through one of them (neither: the broker's transport)"
             )
+        if api_transport is None and client is None:
+            # The broker's transport knows where its protected API is (the mock vault
+            # in process, a cassette, a live socket pool).
+            api_transport = broker.transport.api()
         self.broker = broker
         self._tokens: TokenBroker | BrokerAgent = broker if agent is None else broker.agent(agent)
         self.client_id = broker.client_id if agent is None else agent
@@ -533,6 +539,8 @@ class SecureFetcher:
     # --- plumbing ------------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
+        # Also for a client the caller gave: its logs carry the token all the same.
+        ensure_http_log_filter()
         if self._client is None:
             # follow_redirects=False: a redirect would carry the Authorization
             # header's token to wherever the API (or an attacker) points.

@@ -28,8 +28,10 @@ import datetime as _dt
 import decimal
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping
@@ -38,16 +40,20 @@ from typing import IO, Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .redact import AUTH_SCHEME_PATTERN, JWT_PATTERN, MASKED_JWT_PATTERN, mask_jwt, redact_text
+from . import _secrets
+from .redact import JWT_PATTERN, MASKED_JWT_PATTERN, mask_jwt, redact_credentials, scrub_secrets
 
 __all__ = [
     "HTTP_LOGGERS",
+    "HTTP_LOG_FILTER_VARIABLE",
     "REDACTED",
     "LibraryLogger",
     "RedactingFilter",
     "configure",
+    "ensure_http_log_filter",
     "get_logger",
     "install_http_log_filter",
+    "is_secret_key",
     "redact_secrets",
     "redact_value",
     "render_line",
@@ -107,20 +113,17 @@ _SAFE_SCALARS = (
 )
 
 
-def _is_secret_key(key: object) -> bool:
+def is_secret_key(key: object) -> bool:
+    """Whether a field (or header) of this name holds a secret whatever its value."""
     if not isinstance(key, str):
         return False
     name = key.strip().lower().replace("-", "_")
     return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
-def _scrub_text(text: str) -> str:
-    text = redact_text(text)
-    # redact_text masks bearer values of eight or more characters; in a log line
-    # even a short one ("Bearer xyz") is a credential, and so is HTTP Basic.
-    if "asic" in text or "earer" in text or "ASIC" in text or "EARER" in text:
-        text = AUTH_SCHEME_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    return text
+# redact_text masks bearer values of eight or more characters; in a log line
+# even a short one ("Bearer xyz") is a credential, and so is HTTP Basic.
+_scrub_text = redact_credentials
 
 
 def _mask_secret(value: Any) -> Any:
@@ -179,7 +182,7 @@ def redact_value(value: Any, *, _depth: int = 0, _seen: frozenset[int] = frozens
         return {
             redact_value(key, _depth=depth, _seen=seen): (
                 _mask_secret(item)
-                if _is_secret_key(key)
+                if is_secret_key(key)
                 else redact_value(item, _depth=depth, _seen=seen)
             )
             for key, item in value.items()
@@ -205,7 +208,7 @@ def redact_value(value: Any, *, _depth: int = 0, _seen: frozenset[int] = frozens
 def _redact_item(item: Any, depth: int, seen: frozenset[int]) -> Any:
     # A ("Authorization", "Bearer ...") pair, as in a list of headers, is a
     # secret-named key too.
-    if isinstance(item, tuple) and len(item) == 2 and _is_secret_key(item[0]):
+    if isinstance(item, tuple) and len(item) == 2 and is_secret_key(item[0]):
         return (redact_value(item[0], _depth=depth, _seen=seen), _mask_secret(item[1]))
     return redact_value(item, _depth=depth, _seen=seen)
 
@@ -252,34 +255,38 @@ class RedactingFilter(logging.Filter):
     httpcore logs response headers verbatim at DEBUG, so a ``WWW-Authenticate``
     header that echoes the token would otherwise land in the log. The record's
     message is rendered, scrubbed like a structlog event (JWTs, ``Bearer`` and
-    ``Basic`` credentials) and any ``secrets`` given are masked too. It never
-    drops a record.
+    ``Basic`` credentials), and the exact secrets the process holds (the
+    ``secrets`` given, and those the library was handed: API token, store
+    keys, cached tokens) are masked too. It never drops a record and changes
+    nothing but the record's message and exception text.
     """
 
     def __init__(self, name: str = "", *, secrets: Iterable[str] = ()) -> None:
         super().__init__(name)
         self.secrets = tuple(secret for secret in secrets if secret)
 
+    def _scrub(self, text: str) -> str:
+        return _scrub_text(_secrets.scrub(scrub_secrets(text, self.secrets)))
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a broken format must not break logging
             return True
-        for secret in self.secrets:
-            message = message.replace(secret, REDACTED)
-        record.msg, record.args = _scrub_text(message), None
+        record.msg, record.args = self._scrub(message), None
         if record.exc_info and record.exc_text is None:
-            record.exc_text = _scrub_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
         return True
 
 
 def install_http_log_filter(secrets: Iterable[str] = ()) -> RedactingFilter:
     """Put one :class:`RedactingFilter` on every logger of :data:`HTTP_LOGGERS`.
 
-    Idempotent: an earlier filter installed here is replaced, so calling it
-    again with new ``secrets`` does not stack filters. :func:`configure` and
-    the command line call it; applications that set up stdlib logging
-    themselves call it once at start-up.
+    Idempotent: an earlier filter installed here (or by the library on its
+    own, see :func:`ensure_http_log_filter`) is replaced, so calling it again
+    with new ``secrets`` does not stack filters. :func:`configure` and the
+    command line call it; applications that want to add exact values of their
+    own call it once at start-up.
     """
     installed = RedactingFilter(secrets=secrets)
     for name in HTTP_LOGGERS:
@@ -288,6 +295,46 @@ def install_http_log_filter(secrets: Iterable[str] = ()) -> RedactingFilter:
             logger.removeFilter(old)
         logger.addFilter(installed)
     return installed
+
+
+HTTP_LOG_FILTER_VARIABLE = "AUTHSEC_HTTP_LOG_FILTER"
+"""``off`` (or ``0``, ``false``, ``no``) keeps the library from putting its filter
+on the HTTP stack's loggers; read when it builds its first HTTP client."""
+
+_FILTER_OFF = frozenset({"off", "0", "false", "no"})
+_ensured = False
+_ensure_lock = threading.Lock()
+
+
+def ensure_http_log_filter() -> None:
+    """The secure default: the HTTP stack's logs scrubbed without being asked.
+
+    Called wherever the library builds or uses an HTTP client (the live
+    transport, the fetcher, ``BrokerAuth``, the command line), before the
+    client can log, also one the caller built. The first call
+    puts one :class:`RedactingFilter` on each logger of :data:`HTTP_LOGGERS`,
+    unless :data:`HTTP_LOG_FILTER_VARIABLE` says ``off`` or the application
+    already put one there (its own :func:`install_http_log_filter`, perhaps
+    with secrets of its own, is kept, never stacked on). Every later call is
+    one flag test. A filter only rewrites a record's message: no level,
+    handler or propagation changes, and no record is dropped, so the
+    application's logging set-up stays its own.
+    """
+    global _ensured
+    if _ensured:
+        return
+    with _ensure_lock:
+        if _ensured:
+            return
+        _ensured = True
+        if os.environ.get(HTTP_LOG_FILTER_VARIABLE, "").strip().lower() in _FILTER_OFF:
+            return
+        loggers = [logging.getLogger(name) for name in HTTP_LOGGERS]
+        if any(isinstance(f, RedactingFilter) for lg in loggers for f in lg.filters):
+            return
+        installed = RedactingFilter()
+        for logger in loggers:
+            logger.addFilter(installed)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -463,27 +510,52 @@ class LibraryLogger:
     goes (so configuring logging after import works): to the stdlib logger
     named ``name`` while structlog is not configured, else through the
     application's structlog chain with :func:`redact_secrets` guaranteed in it.
+
+    Deciding is cheap, because most of the library's events are debug events
+    that nobody listens to: the stdlib route asks the logger's level first, and
+    the structlog route reuses the logger it built until the application's
+    configuration changes.
     """
 
-    __slots__ = ("_context", "_name")
+    __slots__ = ("_built", "_context", "_name", "_stdlib")
 
     def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
         self._name = name
         self._context = dict(context or {})
+        self._stdlib = logging.getLogger(name)
+        self._built: tuple[tuple[object, ...], Any] | None = None
 
     def __repr__(self) -> str:
         return f"LibraryLogger({self._name!r}, context={sorted(self._context)!r})"
 
     def _resolve(self) -> Any:
         if not structlog.is_configured():
-            return _StdlibRoute(logging.getLogger(self._name), self._context)
+            return _StdlibRoute(self._stdlib, self._context)
         config = structlog.get_config()
-        factory = config["logger_factory"]
-        return config["wrapper_class"](
-            factory(self._name),
-            processors=_guarded(config["processors"]),
+        processors = config["processors"]
+        made_of = (
+            tuple(processors),  # its content: structlog.testing.capture_logs edits it in place
+            config["wrapper_class"],
+            config["logger_factory"],
+            config["context_class"],
+        )
+        built = self._built
+        if (
+            built is not None and built[0] == made_of
+        ):  # the same objects (compared by identity first)
+            return built[1]
+        logger = config["wrapper_class"](
+            config["logger_factory"](self._name),
+            processors=_guarded(processors),
             context=config["context_class"](self._context),
         )
+        self._built = (made_of, logger)
+        return logger
+
+    def _quiet(self, level: int) -> bool:
+        """True when an event at ``level`` would go nowhere (structlog not configured,
+        and the stdlib logger not enabled for it): nothing needs to be built."""
+        return not structlog.is_configured() and not self._stdlib.isEnabledFor(level)
 
     def bind(self, **values: Any) -> LibraryLogger:
         """A logger whose events carry ``values`` too."""
@@ -505,9 +577,13 @@ class LibraryLogger:
         return LibraryLogger(self._name, {k: v for k, v in self._context.items() if k not in keys})
 
     def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        if self._quiet(logging.DEBUG):
+            return None
         return self._resolve().debug(event, *args, **kw)
 
     def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        if self._quiet(logging.INFO):
+            return None
         return self._resolve().info(event, *args, **kw)
 
     def warning(self, event: str, *args: Any, **kw: Any) -> Any:

@@ -19,6 +19,7 @@ __all__ = [
     "fingerprint",
     "mask_jwt",
     "mask_secret",
+    "redact_credentials",
     "redact_text",
     "scrub_secrets",
     "scrub_value",
@@ -40,11 +41,14 @@ spacing (group 1), the credential (group 2)."""
 
 AUTH_SCHEME_PATTERN = re.compile(
     r"(?i)\b(bearer|basic)(\s+)"
-    rf"(?!{MASKED_JWT_PATTERN.pattern}\b)(?!\[redacted\])([^\s,;\"'<>\[\](){{}}]+)"
+    rf"(?!{MASKED_JWT_PATTERN.pattern}\b)(?!\[redacted\])(?!(?:bearer|basic)\s)"
+    r"([^\s,;\"'<>\[\](){}]+)"
 )
 """Any Bearer or Basic credential, however short, not already masked: the scheme
 (group 1), its spacing (group 2), the credential (group 3). Stricter than
-:data:`BEARER_PATTERN`, for log lines, where even ``Bearer xyz`` is a credential."""
+:data:`BEARER_PATTERN`, for log lines, where even ``Bearer xyz`` is a credential.
+A scheme word followed by another scheme (``basic Basic <credential>``) is not
+taken for the credential, which would hide the real one from the match."""
 
 
 def fingerprint(value: str) -> str:
@@ -66,6 +70,19 @@ def redact_text(text: str) -> str:
             lambda m: m.group(0) if m.group(2).startswith("jwt:") else m.group(1) + "[redacted]",
             text,
         )
+    return text
+
+
+def redact_credentials(text: str) -> str:
+    """:func:`redact_text`, and every ``Bearer`` or ``Basic`` credential however short.
+
+    For text that is not a server's data but a record of traffic (a log line,
+    a span attribute): there even ``Bearer xyz`` is a credential, and so is
+    HTTP Basic.
+    """
+    text = redact_text(text)
+    if "asic" in text or "earer" in text or "ASIC" in text or "EARER" in text:
+        text = AUTH_SCHEME_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
     return text
 
 

@@ -12,13 +12,13 @@ Importing this module is cheap: it imports neither the transports nor the broker
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -34,6 +34,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._urls import check_base_url
 from .errors import ConfigurationError
+from .identity import OPAQUE_ID_LIMIT, is_opaque_id, is_uuid_text
+from .policy import policy_problem
 from .token import canonical_scopes
 
 __all__ = [
@@ -63,9 +65,17 @@ A fixed, obviously fake UUID: mock tokens are then reproducible in shape, and
 nobody mistakes them for a real agent's identity.
 """
 
-_UUID_TEXT = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
+_POLICY_SETTINGS = {
+    "advisory_fraction": "refresh_advisory_fraction",
+    "advisory_max": "refresh_advisory_max",
+    "mandatory_fraction": "refresh_mandatory_fraction",
+    "mandatory_max": "refresh_mandatory_max",
+    "jitter_fraction": "refresh_jitter_fraction",
+    "failure_memory": "failure_memory",
+    "backoff_initial": "backoff_initial",
+    "backoff_max": "backoff_max",
+}
+"""Each field of :class:`~authsec_crewai.policy.RefreshPolicy` and the setting it comes from."""
 _HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
@@ -164,7 +174,7 @@ def parse_agents(value: Any) -> Any:
         if not isinstance(role, str) or not role.strip():
             raise ValueError("an agent role is empty; every entry needs a role name")
         name = " ".join(role.split())
-        if not isinstance(client_id, str) or not _UUID_TEXT.fullmatch(client_id.strip()):
+        if not isinstance(client_id, str) or not is_uuid_text(client_id.strip()):
             raise ValueError(
                 f"the client id of role {name[:60]!r} must be the agent's UUID (like "
                 f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else"
@@ -303,9 +313,13 @@ class AuthSecSettings(BaseSettings):
     log_level: LogLevel = Field("INFO", description="Threshold for configure() (see logging).")
     store: str = Field(
         "memory:",
+        # Not in repr: a Redis URL may carry a password (the store shows it masked).
+        repr=False,
         description="Where tokens are shared beyond the process: memory: (this process "
-        "only), sqlite:///path/to/tokens.db (processes on one host), redis://host:port/db "
-        "or rediss:// (processes on many hosts).",
+        "only), sqlite:////abs/path/tokens.db or sqlite:///relative.db (processes on one "
+        "host), redis://host:port/db, redis+cluster://host:port,... or "
+        "redis+sentinel://host:port,.../service/db, rediss... for TLS (processes on many "
+        "hosts).",
     )
     store_key: SecretStr | None = Field(
         None,
@@ -325,6 +339,30 @@ class AuthSecSettings(BaseSettings):
     )
     store_lease: float = Field(
         10.0, gt=0, le=300, description="Fetch lease: a dead holder is replaced after this."
+    )
+
+    # --- shared store: high availability, TLS, failure policy (issue 19) ---------------
+    store_required: bool = Field(
+        False,
+        description="on: a shared store that cannot be reached when the broker starts is a "
+        "configuration error (the process does not start) instead of an outage during "
+        "which each process fetches on its own.",
+    )
+    store_tls_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the Redis server's certificate."
+    )
+    store_tls_cert: Path | None = Field(
+        None, description="Client certificate (PEM) for Redis servers that ask for one."
+    )
+    store_tls_key: Path | None = Field(
+        None, description="The client certificate's private key (PEM), if not in the cert file."
+    )
+    store_max_connections: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Redis command connections per process (per node in a Cluster); "
+        "pub/sub adds one.",
     )
 
     # --- OAuth 2.0 (AUTHSEC_MODE=oauth): any authorization server ------------------------
@@ -424,15 +462,24 @@ class AuthSecSettings(BaseSettings):
             if not text.startswith("sqlite:///") or len(text) <= len("sqlite:///"):
                 raise ValueError("a SQLite store is sqlite:///path/to/tokens.db (three slashes)")
             return text
-        if scheme in ("redis", "rediss"):
-            if not urlsplit(text).hostname:
-                raise ValueError("a Redis store is redis://host:port/db (or rediss:// for TLS)")
+        if scheme.startswith(("redis", "rediss")):
+            from ._redis_urls import parse_redis_url
+
+            parse_redis_url(text)  # its ValueError never quotes the URL (a password)
             return text
         raise ValueError(
-            "choose memory:, sqlite:///path/to/tokens.db, redis://host:port/db or rediss://..."
+            "choose memory:, sqlite:///path/to/tokens.db, redis://host:port/db, "
+            "redis+cluster://host:port,... or redis+sentinel://host:port/service/db"
         )
 
-    @field_validator("store_key", "store_old_key", mode="before")
+    @field_validator(
+        "store_key",
+        "store_old_key",
+        "store_tls_ca",
+        "store_tls_cert",
+        "store_tls_key",
+        mode="before",
+    )
     @classmethod
     def _optional_secret(cls, value: Any) -> Any:
         return _empty_to_none(value)
@@ -451,7 +498,7 @@ class AuthSecSettings(BaseSettings):
         if value is None:
             return None
         text = value.strip()
-        if not _UUID_TEXT.fullmatch(text):
+        if not is_uuid_text(text):
             raise ValueError(
                 "the client id must be the agent's UUID (like "
                 f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else. Copy it from "
@@ -549,24 +596,12 @@ class AuthSecSettings(BaseSettings):
 
     @_model_validator(mode="after")
     def _check_policy(self) -> AuthSecSettings:
-        """Cross-field rules of the refresh policy, named by variable."""
-        if self.refresh_mandatory_fraction >= self.refresh_advisory_fraction:
-            raise ValueError(
-                f"{env_var('refresh_mandatory_fraction')} ({self.refresh_mandatory_fraction}) "
-                f"must be smaller than {env_var('refresh_advisory_fraction')} "
-                f"({self.refresh_advisory_fraction}): the mandatory window sits inside the "
-                "advisory one"
-            )
-        if self.refresh_mandatory_max > self.refresh_advisory_max:
-            raise ValueError(
-                f"{env_var('refresh_mandatory_max')} ({self.refresh_mandatory_max}) must not "
-                f"exceed {env_var('refresh_advisory_max')} ({self.refresh_advisory_max})"
-            )
-        if self.backoff_initial > self.backoff_max:
-            raise ValueError(
-                f"{env_var('backoff_initial')} ({self.backoff_initial}) must not exceed "
-                f"{env_var('backoff_max')} ({self.backoff_max})"
-            )
+        """Cross-field rules of the refresh policy: the broker's own rules
+        (:func:`~authsec_crewai.policy.policy_problem`), named by variable."""
+        values = self.refresh_policy_values()
+        problem = policy_problem(values, lambda field: env_var(_POLICY_SETTINGS[field]))
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     _resolved_mode: ResolvedMode = PrivateAttr()
@@ -589,6 +624,10 @@ class AuthSecSettings(BaseSettings):
     def resolved_mode(self) -> ResolvedMode:
         """The mode actually used (``auto`` resolved at construction; see ``_resolve_mode``)."""
         return self._resolved_mode
+
+    def refresh_policy_values(self) -> dict[str, float]:
+        """The :class:`~authsec_crewai.policy.RefreshPolicy` fields these settings give."""
+        return {field: getattr(self, setting) for field, setting in _POLICY_SETTINGS.items()}
 
     def client_id_for_role(self, role: str) -> str | None:
         """The client id ``AUTHSEC_AGENTS`` gives the agent with this CrewAI role, if any."""
@@ -633,8 +672,10 @@ class AuthSecSettings(BaseSettings):
 
 def _check_oauth_client_id(text: str) -> str:
     """An OAuth client id: opaque (RFC 6749 §2.2), but printable and of sane length."""
-    if not text or len(text) > 1024 or not text.isprintable():
-        raise ValueError("an OAuth client id must be printable text of at most 1024 characters")
+    if not is_opaque_id(text):
+        raise ValueError(
+            f"an OAuth client id must be printable text of at most {OPAQUE_ID_LIMIT} characters"
+        )
     return text
 
 
@@ -742,7 +783,7 @@ def __getattr__(name: str) -> Any:
             DeprecationWarning,
             stacklevel=2,
         )
-        from . import wiring
-
-        return getattr(wiring, name)
+        # Looked up by name, not imported: settings sit below the wiring that builds
+        # from them, and this forwarding goes when the old names do.
+        return getattr(importlib.import_module(f"{__package__}.wiring"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from ._brokerthread import BrokerThread
+from ._brokerthread import START_TIMEOUT, BrokerThread
 from .broker import BrokerAgent, BrokerStats, TokenBroker
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ __all__ = ["SyncBrokerAgent", "SyncTokenBroker"]
 class SyncTokenBroker:
     """A :class:`TokenBroker` on a background event-loop thread.
 
-    Takes the same keyword arguments as ``TokenBroker``. Use it as a context
+    Takes the same keyword arguments as ``TokenBroker``, and ``start_timeout``:
+    the longest the first call waits for the broker to start. Use it as a context
     manager (or call :meth:`close`): leaving it stops the thread, cancels
     background refreshes and closes the transport.
     """
@@ -35,10 +36,13 @@ class SyncTokenBroker:
         transport: Transport,
         *,
         backend: Literal["asyncio", "trio"] = "asyncio",
+        start_timeout: float = START_TIMEOUT,
         **broker_options: Any,
     ) -> None:
         self.broker = TokenBroker(transport, **broker_options)
-        self._thread = BrokerThread(self.broker, owns_broker=True, backend=backend)
+        self._thread = BrokerThread(
+            self.broker, owns_broker=True, backend=backend, start_timeout=start_timeout
+        )
 
     def __repr__(self) -> str:
         return f"SyncTokenBroker({self.broker!r})"

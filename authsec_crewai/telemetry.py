@@ -37,16 +37,15 @@ import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import __version__
+from ._version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.trace import Span, TracerProvider
 
-    from .broker import TokenBroker
     from .token import DelegationToken
 
 __all__ = [
@@ -69,6 +68,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class CountsHits(Protocol):
+    """What :func:`track` reads: a broker, seen only through this (telemetry does not
+    import the broker; the broker tells it of itself)."""
+
+    def cache_hits(self) -> int: ...
+
 
 SCOPE = "authsec_crewai"
 REQUESTS_COUNTER = "authsec.token.requests"
@@ -113,7 +120,7 @@ _instruments: _Instruments | None = None
 # from the brokers' counters (see _observe_requests), everything else is added
 # as it happens.
 _totals: Counter[tuple[str, str, str]] = Counter()
-_hits_seen: weakref.WeakKeyDictionary[TokenBroker, tuple[str, int]] = weakref.WeakKeyDictionary()
+_hits_seen: weakref.WeakKeyDictionary[CountsHits, tuple[str, int]] = weakref.WeakKeyDictionary()
 
 
 def _get() -> _Instruments | None:
@@ -151,22 +158,23 @@ def instrument(
 # --- token requests --------------------------------------------------------------------------
 
 
-def track(broker: TokenBroker, mode: str) -> None:
+def track(broker: CountsHits, mode: str) -> None:
     """Count ``broker``'s cache hits in ``authsec.token.requests`` from now on.
 
-    Hits are read from ``broker.stats`` when a reader collects; a broker that
-    is garbage-collected unclosed loses only the hits since the last collection.
+    Hits are read from ``broker.cache_hits()`` when a reader collects; a broker
+    that is garbage-collected unclosed loses only the hits since the last
+    collection.
     """
     with _lock:
-        _hits_seen.setdefault(broker, (mode, broker.stats.hits))
+        _hits_seen.setdefault(broker, (mode, broker.cache_hits()))
 
 
-def untrack(broker: TokenBroker) -> None:
+def untrack(broker: CountsHits) -> None:
     """Fold ``broker``'s last hits into the totals and stop reading it (it closed)."""
     with _lock:
         seen = _hits_seen.pop(broker, None)
         if seen is not None:
-            _totals[(seen[0], "cache", "ok")] += broker.stats.hits - seen[1]
+            _totals[(seen[0], "cache", "ok")] += broker.cache_hits() - seen[1]
 
 
 def count_request(mode: str, source: str, outcome: str) -> None:
@@ -180,7 +188,7 @@ def _observe_requests(options: CallbackOptions) -> Iterable[Observation]:
 
     with _lock:
         for broker, (mode, seen) in list(_hits_seen.items()):
-            hits = broker.stats.hits
+            hits = broker.cache_hits()
             _totals[(mode, "cache", "ok")] += hits - seen
             _hits_seen[broker] = (mode, hits)
         totals = dict(_totals)

@@ -9,7 +9,7 @@ and errors whichever framework runs it. Nothing here imports a framework.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,14 +21,17 @@ if TYPE_CHECKING:
     from .fetch import ParamsLike, SecureFetcher
 
 __all__ = [
+    "ARGUMENT_DESCRIPTIONS",
     "DEFAULT_TOOL_NAME",
     "QueryParam",
     "SecureFetchArgs",
     "ToolPolicy",
+    "arguments_schema",
     "describe_tool",
     "failure_text",
     "fetch_text",
     "fetcher_from",
+    "fetcher_in",
 ]
 
 DEFAULT_TOOL_NAME: Final = "authsec_secure_vault_fetcher"
@@ -37,18 +40,35 @@ DEFAULT_TOOL_NAME: Final = "authsec_secure_vault_fetcher"
 _log = get_logger("authsec_crewai.tools")
 
 
+# A list of name/value objects rather than a free-form object, because strict
+# function-calling schemas (OpenAI ``strict: true``) cannot express an object with
+# arbitrary keys: a model would only ever be able to send ``{}``. The classes'
+# docstrings are for developers; what a model reads of them is their
+# ``json_schema_extra`` description, and every argument's ``Field`` description.
+
+
+def _model_facing(description: str | None) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` that puts ``description`` (or none) in place of the
+    class docstring pydantic would otherwise show the model."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("description", None)
+        if description is not None:
+            schema["description"] = description
+
+    return extra
+
+
 class QueryParam(BaseModel):
-    """One query parameter.
+    """One query parameter of a fetch (see the comment above for its shape)."""
 
-    A list of name/value objects rather than a free-form object, because
-    strict function-calling schemas (OpenAI ``strict: true``) cannot express an
-    object with arbitrary keys: a model would only ever be able to send ``{}``.
-    """
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=_model_facing("One query parameter: its name and its value."),
+    )
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Parameter name, e.g. 'page'.")
-    value: str = Field(description="Parameter value, as text, e.g. '2'.")
+    name: str = Field(description="The parameter's name, e.g. 'page'.")
+    value: str = Field(description="The parameter's value, as text, e.g. '2'.")
 
     @field_validator("value", mode="before")
     @classmethod
@@ -60,20 +80,27 @@ class QueryParam(BaseModel):
         return value
 
 
-class SecureFetchArgs(BaseModel):
-    """The tool's arguments, as the model sees them."""
+ARGUMENT_DESCRIPTIONS: Final[Mapping[str, str]] = {
+    "endpoint": "The path to fetch, relative to the protected API, e.g. "
+    "'secure-vault/records'. Never a full URL or host name; no '..', '?', '#' or "
+    "percent-escapes.",
+    "scope": "The one permission this call needs, shaped 'resource:action', e.g. "
+    "'read:records' for secure-vault/records or 'read:metrics' for secure-vault/metrics.",
+    "params": "Query parameters, a list of {name, value} objects, e.g. "
+    "[{'name': 'page', 'value': '2'}], or null for none.",
+}
+"""What the model reads about each argument: one text, shared by every framework's tool."""
 
-    endpoint: str = Field(
-        description="Path relative to the protected API, e.g. 'secure-vault/records'. "
-        "Never a full URL or host; no '..', '?', '#' or percent-escapes."
-    )
-    scope: str = Field(
-        description="The permission this call needs, shaped 'resource:action', "
-        "e.g. 'read:records' or 'read:metrics'."
-    )
+
+class SecureFetchArgs(BaseModel):
+    """The tool's arguments; every framework's tool validates the model's call with it."""
+
+    model_config = ConfigDict(json_schema_extra=_model_facing(None))
+
+    endpoint: str = Field(description=ARGUMENT_DESCRIPTIONS["endpoint"])
+    scope: str = Field(description=ARGUMENT_DESCRIPTIONS["scope"])
     params: list[QueryParam] | None = Field(
-        default=None,
-        description="Optional query parameters, e.g. [{'name': 'page', 'value': '2'}].",
+        default=None, description=ARGUMENT_DESCRIPTIONS["params"]
     )
 
     @field_validator("params", mode="before")
@@ -83,6 +110,19 @@ class SecureFetchArgs(BaseModel):
         if isinstance(value, Mapping):
             return [{"name": key, "value": item} for key, item in value.items()]
         return value
+
+
+def arguments_schema(*, strict: bool = False) -> dict[str, Any]:
+    """The JSON schema of the arguments, as a model reads it.
+
+    ``strict``: every property required (``params`` may be null) and no others
+    allowed, as OpenAI's strict function calling wants.
+    """
+    schema = SecureFetchArgs.model_json_schema()
+    if strict:
+        schema["required"] = list(schema["properties"])
+        schema["additionalProperties"] = False
+    return schema
 
 
 class ToolPolicy(Protocol):
@@ -106,12 +146,7 @@ def describe_tool(policy: ToolPolicy) -> str:
     lines = [
         "Fetches data from the AuthSec-protected API with a short-lived delegation token "
         "limited to the scope of this call, and returns the API's JSON answer.",
-        "endpoint: a path relative to the API, e.g. 'secure-vault/records' or "
-        "'secure-vault/metrics'; never a full URL or host name, and no '..', '?', '#' or "
-        "percent-escapes.",
-        "scope: the one permission the call needs, shaped 'resource:action', e.g. "
-        "'read:records' for secure-vault/records and 'read:metrics' for secure-vault/metrics.",
-        "params: optional query parameters, a list of {name, value}.",
+        *(f"{name}: {text}" for name, text in ARGUMENT_DESCRIPTIONS.items()),
         'The result is JSON: {"status": "ok", "endpoint": ..., "scope": ..., "data": ...} or '
         '{"status": "error", "error": <kind>, "message": ..., "retryable": true|false}. '
         'Read the message; do not repeat a call whose error has "retryable": false.',
@@ -126,17 +161,22 @@ def describe_tool(policy: ToolPolicy) -> str:
     return "\n".join(lines)
 
 
-def fetcher_from(deps: Any) -> SecureFetcher:
-    """The fetcher in a framework's run context: the context itself, or its ``fetcher``.
-
-    For frameworks that hand tools the application's dependencies at run time
-    (PydanticAI's ``deps``, the OpenAI Agents SDK's ``context``).
-    """
-    from .errors import ConfigurationError
+def fetcher_in(deps: Any) -> SecureFetcher | None:
+    """The fetcher a framework's run context carries, if any: the context itself, or its
+    ``fetcher`` attribute (PydanticAI's ``deps``, the OpenAI Agents SDK's ``context``)."""
     from .fetch import SecureFetcher
 
     found = deps if isinstance(deps, SecureFetcher) else getattr(deps, "fetcher", None)
-    if not isinstance(found, SecureFetcher):
+    return found if isinstance(found, SecureFetcher) else None
+
+
+def fetcher_from(deps: Any) -> SecureFetcher:
+    """The fetcher in a framework's run context (see :func:`fetcher_in`); a context
+    without one is a :class:`~authsec_crewai.errors.ConfigurationError`."""
+    from .errors import ConfigurationError
+
+    found = fetcher_in(deps)
+    if found is None:
         raise ConfigurationError(
             "the secure fetch tool needs a SecureFetcher: pass one when creating the tool, "
             "or run the agent with one (or an object with a `fetcher` attribute) as its "

@@ -360,7 +360,9 @@ class TokenVerifier:
         self.claims_only = claims_only
         self.rekey_interval = rekey_interval
         self._cache: dict[str | None, _Keys] = {}
-        self._lock = anyio.Lock()
+        # One lock per tenant: a tenant whose key endpoint hangs must not hold up
+        # another tenant's first verification.
+        self._locks: dict[str | None, anyio.Lock] = {}
         self._skip_logged = False
         self.key_set_fetches = 0
         """How many times this verifier asked the transport for a key set."""
@@ -421,11 +423,15 @@ class TokenVerifier:
         """The tenant's keys, fetched if missing or if the cached ``stale`` generation
         is still the current one. Returns ``(entry, fetched_by_this_call)``.
 
-        The lock makes concurrent verifications of a cold or rotated tenant share
-        one key-set request; the generation check lets the waiters see that
-        someone else already re-read the set.
+        The tenant's lock makes concurrent verifications of a cold or rotated
+        tenant share one key-set request (and only that tenant's); the
+        generation check lets the waiters see that someone else already re-read
+        the set.
         """
-        async with self._lock:
+        lock = self._locks.get(tenant)
+        if lock is None:
+            lock = self._locks.setdefault(tenant, anyio.Lock())
+        async with lock:
             entry = self._cache.get(tenant)
             if entry is not None and (stale is None or entry.generation != stale):
                 return entry, False

@@ -19,7 +19,7 @@ from typing import Any
 from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 
-from . import errors
+from . import _secrets, errors
 from .redact import scrub_secrets
 from .token import DelegationToken
 
@@ -147,6 +147,7 @@ def parse_token_body(body: Any, *, now: float) -> DelegationToken:
     value = body.get("token")
     if not isinstance(value, str) or not value:
         raise errors.InvalidTokenResponseError("the answer has no 'token' field")
+    _secrets.remember(value)  # every token the process is handed: masked by value everywhere
     _, claims = decode_unverified(value)
     now_dt = datetime.fromtimestamp(now, UTC)
     issued_raw = body.get("issued_at")

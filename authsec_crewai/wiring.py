@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
@@ -28,19 +30,24 @@ from .settings import DEMO_CLIENT_ID, AuthSecSettings, env_var
 if TYPE_CHECKING:
     import httpx
 
-    from .broker import RefreshPolicy, TokenBroker
+    from .broker import TokenBroker
     from .fetch import SecureFetcher
-    from .stores import TokenStore
+    from .policy import RefreshPolicy
+    from .stores.base import TokenStore
+    from .sync import SyncTokenBroker
     from .transports.base import Transport
 
 __all__ = [
     "build_broker",
     "build_fetcher",
+    "build_store",
     "build_transport",
     "client_id_for",
     "oauth_transport",
     "recording_source",
     "refresh_policy",
+    "sqlite_path",
+    "store_keys",
 ]
 
 _auto_mock_warned = threading.Event()
@@ -150,19 +157,11 @@ def oauth_transport(settings: AuthSecSettings, store: TokenStore | None = None) 
 
 
 def refresh_policy(settings: AuthSecSettings) -> RefreshPolicy:
-    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings."""
-    from .broker import RefreshPolicy
+    """The broker's refresh policy from the ``AUTHSEC_REFRESH_*`` and back-off settings
+    (which were checked with the policy's own rules when they were read)."""
+    from .policy import RefreshPolicy
 
-    return RefreshPolicy(
-        advisory_fraction=settings.refresh_advisory_fraction,
-        advisory_max=settings.refresh_advisory_max,
-        mandatory_fraction=settings.refresh_mandatory_fraction,
-        mandatory_max=settings.refresh_mandatory_max,
-        jitter_fraction=settings.refresh_jitter_fraction,
-        failure_memory=settings.failure_memory,
-        backoff_initial=settings.backoff_initial,
-        backoff_max=settings.backoff_max,
-    )
+    return RefreshPolicy(**settings.refresh_policy_values())
 
 
 def client_id_for(settings: AuthSecSettings, transport: Transport | None = None) -> str:
@@ -197,7 +196,6 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     use it with ``async with``.
     """
     from .broker import TokenBroker
-    from .stores import build_store
 
     if transport is None and settings.resolved_mode == "oauth":
         # The fleet's refresh-token chain lives in the store its tokens are shared in.
@@ -220,8 +218,78 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     )
 
 
+def store_keys(settings: AuthSecSettings) -> list[bytes]:
+    """The store keys, sealing key first: ``AUTHSEC_STORE_KEY`` ('new,old' allowed),
+    then ``AUTHSEC_STORE_OLD_KEY``."""
+    from .stores.base import decode_key
+
+    texts: list[tuple[str, str]] = []
+    if settings.store_key is not None:
+        for part in settings.store_key.get_secret_value().split(","):
+            if part.strip():
+                texts.append((part, "AUTHSEC_STORE_KEY"))
+    if settings.store_old_key is not None:
+        texts.append((settings.store_old_key.get_secret_value(), "AUTHSEC_STORE_OLD_KEY"))
+    return [decode_key(text, variable=variable) for text, variable in texts]
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:`` URL names, made absolute once, here.
+
+    The convention is SQLAlchemy's: what follows ``sqlite:///`` is the path, so
+    ``sqlite:////var/lib/app/tokens.db`` (four slashes) is absolute and
+    ``sqlite:///tokens.db`` is relative to the working directory of the process
+    that builds the store. Resolving it at build time means the store, its
+    ``repr`` and its messages name one file, whatever directory the process
+    changes to later.
+    """
+    return Path(os.path.abspath(url.removeprefix("sqlite:///")))
+
+
+def build_store(settings: AuthSecSettings) -> TokenStore | None:
+    """The shared store ``settings`` ask for, or None for ``memory:`` (no sharing).
+
+    A shared store without a key is a configuration error unless
+    ``AUTHSEC_STORE_ENCRYPTION=off`` says so: tokens at rest are bearer
+    credentials.
+    """
+    url = settings.store
+    if url == "memory:":
+        return None
+    keys = store_keys(settings)
+    if settings.store_encryption and not keys:
+        raise ConfigurationError(
+            f"AUTHSEC_STORE={url.partition(':')[0]}:... keeps bearer tokens where other "
+            "processes can read them: set AUTHSEC_STORE_KEY (urlsafe base64 of 32 random bytes), "
+            "or AUTHSEC_STORE_ENCRYPTION=off to store them unencrypted on purpose"
+        )
+    if not settings.store_encryption:
+        keys = []
+    options: dict[str, Any] = {
+        "keys": keys,
+        "timeout": settings.store_timeout,
+        "lease_seconds": settings.store_lease,
+    }
+    options["required"] = settings.store_required
+    if url.startswith("sqlite:"):
+        from .stores.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), **options)
+    from .stores.redis import RedisStore
+
+    return RedisStore(
+        url,
+        encryption=settings.store_encryption,
+        tls_ca=settings.store_tls_ca,
+        tls_cert=settings.store_tls_cert,
+        tls_key=settings.store_tls_key,
+        max_connections=settings.store_max_connections,
+        **options,
+    )
+
+
 def build_fetcher(
-    broker: TokenBroker,
+    broker: TokenBroker | SyncTokenBroker,
     settings: AuthSecSettings | None = None,
     *,
     api_transport: httpx.AsyncBaseTransport | None = None,
@@ -232,9 +300,15 @@ def build_fetcher(
     Its API traffic goes through ``api_transport`` when given (the async tool
     passes a pool of the caller's own event loop), else through the broker's
     transport's :meth:`~authsec_crewai.transports.Transport.api`. Without
-    ``agent`` it acts for the broker's own (default) agent.
+    ``agent`` it acts for the broker's own (default) agent. A
+    ``SyncTokenBroker`` stands for the broker it runs: the fetcher is awaited
+    (on any loop) and gets its tokens from that broker.
     """
     from .fetch import SecureFetcher
+    from .sync import SyncTokenBroker
+
+    if isinstance(broker, SyncTokenBroker):
+        broker = broker.broker
 
     return SecureFetcher(
         broker,

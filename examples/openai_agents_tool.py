@@ -1,8 +1,10 @@
-"""The secure fetch tool in the OpenAI Agents SDK; the fetcher rides in the run's context.
+"""The secure fetch tool in the OpenAI Agents SDK, made in one call from the settings.
 
 Offline (mock mode, no API key): a scripted ``Model`` asks for records,
 metrics and a scope the delegation does not grant, then summarises the tool's
-answers. Drop ``model=`` (and set OPENAI_API_KEY) for a real agent::
+answers. ``Runner.run_sync`` runs a loop of its own; the tool's calls run on
+the library's shared broker (``await Runner.run(...)`` works alike). Drop
+``model=`` (and set OPENAI_API_KEY) for a real agent::
 
     pip install 'authsec-crewai[openai-agents]'
     AUTHSEC_MODE=mock python examples/openai_agents_tool.py
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 from agents import Agent, RunConfig, Runner
 from agents.items import ModelResponse
 from agents.models.interface import Model
@@ -24,7 +25,6 @@ from openai.types.responses import (
     ResponseOutputText,
 )
 
-from authsec_crewai import AuthSecSettings, build_broker, build_fetcher
 from authsec_crewai.integrations.openai_agents import secure_fetch_tool
 
 READS = [
@@ -74,21 +74,14 @@ class ScriptedAnalyst(Model):
 agent = Agent(name="vault analyst", model=ScriptedAnalyst(), tools=[secure_fetch_tool()])
 
 
-async def run() -> str:
-    settings = AuthSecSettings()
-    async with build_broker(settings) as broker:
-        result = await Runner.run(
-            agent,
-            "Brief me on the secure vault",
-            context=build_fetcher(broker, settings),
-            run_config=RunConfig(tracing_disabled=True),  # offline: no trace upload
-        )
+def main() -> str:
+    result = Runner.run_sync(
+        agent,
+        "Brief me on the secure vault",
+        run_config=RunConfig(tracing_disabled=True),  # offline: no trace upload
+    )
     print(result.final_output)
     return str(result.final_output)
-
-
-def main() -> None:
-    anyio.run(run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The secure fetch tool in a PydanticAI agent; the fetcher comes from the agent's deps.
+"""The secure fetch tool in a PydanticAI agent, made in one call from the settings.
 
 Offline (mock mode, no API key): a ``FunctionModel`` plays the model, asks for
 records, metrics and a scope the delegation does not grant, then summarises
-what the tool returned. Pass a real model name to ``Agent`` for a real agent::
+what the tool returned. ``agent.run_sync`` runs a loop of its own; the tool's
+calls run on the library's shared broker, so it needs no broker of yours
+(``await agent.run(...)`` works alike; a fetcher in the run's deps is used
+when there is one). Pass a real model name to ``Agent`` for a real agent::
 
     pip install 'authsec-crewai[pydantic-ai]'
     AUTHSEC_MODE=mock python examples/pydantic_ai_agent.py
@@ -11,14 +14,11 @@ what the tool returned. Pass a real model name to ``Agent`` for a real agent::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-import anyio
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from authsec_crewai import AuthSecSettings, SecureFetcher, build_broker, build_fetcher
 from authsec_crewai.integrations.pydantic_ai import secure_fetch_tool
 
 READS = [
@@ -26,13 +26,6 @@ READS = [
     ("secure-vault/metrics", "read:metrics"),
     ("secure-vault/audit-log", "read:audit"),  # not delegated: refused before the API
 ]
-
-
-@dataclass
-class Deps:
-    """What the application hands each run: the fetcher (its broker, its policy)."""
-
-    fetcher: SecureFetcher
 
 
 def analyst(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -59,21 +52,13 @@ def analyst(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[TextPart("\n".join(lines))])
 
 
-agent = Agent(FunctionModel(analyst), deps_type=Deps, tools=[secure_fetch_tool()])
+agent = Agent(FunctionModel(analyst), tools=[secure_fetch_tool()])  # AUTHSEC_* settings
 
 
-async def run() -> str:
-    settings = AuthSecSettings()
-    async with build_broker(settings) as broker:
-        result = await agent.run(
-            "Brief me on the secure vault", deps=Deps(build_fetcher(broker, settings))
-        )
-    print(result.output)
-    return result.output
-
-
-def main() -> None:
-    anyio.run(run)
+def main() -> str:
+    output = agent.run_sync("Brief me on the secure vault").output
+    print(output)
+    return output
 
 
 if __name__ == "__main__":

@@ -107,7 +107,12 @@ def authsec_server(
 # --- a real redis-server on a free loopback port (tests/_redis.py) -------------------------
 
 
-from _redis import RedisServer, require_redis_server  # noqa: E402
+from _redis import (  # noqa: E402
+    RedisClusterServers,
+    RedisSentinelServers,
+    RedisServer,
+    require_redis_server,
+)
 
 
 @pytest.fixture
@@ -119,3 +124,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A fresh 3-master Redis Cluster; skips (fails in CI) when redis is not installed."""
+    cluster = RedisClusterServers(Path(tmp_path_factory.mktemp("cluster"))).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelServers]:
+    """A master, a replica and a Sentinel; skips (fails in CI) when one is not installed."""
+    servers = RedisSentinelServers(Path(tmp_path_factory.mktemp("sentinel"))).start()
+    try:
+        yield servers
+    finally:
+        servers.stop()

@@ -8,6 +8,7 @@ every broker runs, so a herd starts cold and together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -102,7 +103,8 @@ class Worker:
             self.process.kill()
             self.process.wait(timeout=10)
         if self.process.stdin is not None:
-            self.process.stdin.close()
+            with contextlib.suppress(OSError):  # a worker stopped by SIGTERM closed its end
+                self.process.stdin.close()
         self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -47,7 +47,7 @@ def test_help_explains_the_modes_and_lists_the_commands() -> None:
         assert text in result.output
 
 
-@pytest.mark.parametrize("command", ["token", "serve-mock"])
+@pytest.mark.parametrize("command", ["token", "serve-mock", "doctor"])
 def test_each_command_has_help(command: str) -> None:
     result = _run(command, "--help")
     assert result.exit_code == 0

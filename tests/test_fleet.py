@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from _redis import RedisServer
 from fleetkit import Worker, mixed, start_fleet, stop_fleet
@@ -91,10 +94,30 @@ def fleet() -> Iterator[Callable[..., list[Worker]]]:
     stop_fleet(started, graceful=False)  # what was tested has been tested: no need to wait
 
 
-def herd_all(workers: list[Worker], n: int, scope: str = "read:records") -> list[dict[str, object]]:
+def herd_all(
+    workers: list[Worker], n: int, scope: str = "read:records", agent: str | None = None
+) -> list[dict[str, Any]]:
     for worker in workers:
-        worker.send(op="herd", n=n, scope=scope)
+        worker.send(op="herd", n=n, scope=scope, agent=agent)
     return [worker.answer() for worker in workers]
+
+
+def node_contents(port: int) -> dict[bytes, bytes]:
+    """Every string key and value one Redis node holds: what an attacker reading it sees."""
+
+    async def read() -> dict[bytes, bytes]:
+        import coredis
+
+        out: dict[bytes, bytes] = {}
+        async with coredis.Redis("127.0.0.1", port) as node:
+            async for name in node.scan_iter(match="*"):
+                if await node.type(name) in ("string", b"string"):
+                    value = await node.get(name)
+                    if value is not None:
+                        out[name] = value
+        return out
+
+    return anyio.run(read)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -210,3 +233,92 @@ def test_redis_stopping_and_starting_is_not_an_outage(
         logged = worker.stderr()
         assert logged.count("store.unavailable") == 1  # one warning per outage
         assert logged.count("store.recovered") == 1
+
+
+def test_clock_skewed_workers_share_hold_leases_and_honour_revocations(
+    make_server: Callable[..., Server], store: Store, fleet
+) -> None:
+    """One worker 60 s ahead, one 30 s behind: one clock (the store's) for all."""
+    server = make_server()
+    server.faults.add(Fault.slow(1.5))  # the first fetch is slow: its lease is held meanwhile
+    agent, leeway = str(uuid.uuid4()), {"AUTHSEC_VERIFY_LEEWAY": "120"}
+    (normal,) = fleet(1, server, store, client_id=agent, **leeway)
+    (ahead,) = fleet(1, server, store, client_id=agent, FLEET_CLOCK_SKEW="60", **leeway)
+    (behind,) = fleet(1, server, store, client_id=agent, FLEET_CLOCK_SKEW="-30", **leeway)
+    normal.send(op="herd", n=10)
+    wait_for(lambda: server.counts() == 1)  # the normal worker holds the lease, mid-fetch
+    answers = [*herd_all([ahead, behind], 50), normal.answer()]
+    logs = [w.stderr()[-2000:] for w in (ahead, behind, normal)]
+    assert [a["served"] for a in answers] == [50, 50, 10], logs
+    assert server.counts() == 1, logs  # nobody took over the lease its holder still held
+    assert len({fp for a in answers for fp in a["fingerprints"]}) == 1
+    for worker in (normal, ahead):
+        worker.send(op="watch")
+    time.sleep(0.3)
+    assert behind.ask(op="invalidate")["dropped"] is True  # revoked by the one behind
+    for worker in (normal, ahead):
+        worker.answer(timeout=10)
+    again = herd_all([ahead, normal, behind], 20)
+    assert [a["served"] for a in again] == [20] * 3
+    assert server.counts() == 2  # the revoked entry was void for everyone: one refetch
+
+
+def test_a_cold_fleet_on_a_redis_cluster_asks_once_and_hears_revocations(
+    make_server: Callable[..., Server], redis_cluster: Any, fleet
+) -> None:
+    """8 processes x 200 tasks on a 3-master Cluster: one request, one token fleet-wide,
+    nothing readable on any node, a revocation in every process within 100 ms."""
+    server = make_server()
+    workers = fleet(8, server, Store("cluster", redis_cluster.url))
+    answers = herd_all(workers, 200)
+    assert [a["served"] for a in answers] == [200] * 8, [w.stderr() for w in workers]
+    assert sum(a["error_count"] for a in answers) == 0
+    assert len({fp for a in answers for fp in a["fingerprints"]}) == 1
+    assert server.counts() == 1
+    assert all(a["stats"]["store_errors"] == 0 for a in answers)
+    assert "ClusterCrossSlotError" not in "".join(w.stderr() for w in workers)
+    nodes = [node_contents(node.port) for node in redis_cluster.nodes]
+    assert sum(len(found) for found in nodes) >= 3  # entry, latest, key check
+    client_id = workers[0].ask(op="token")["client_id"]
+    token_value = workers[0].ask(op="token")["value"]
+    for found in nodes:
+        for secret in (token_value, *token_value.split(".")[1:], client_id):
+            assert all(secret.encode() not in k + v for k, v in found.items())
+    revoker, *others = workers
+    for worker in others:
+        worker.send(op="watch")
+    time.sleep(0.5)
+    revoked = revoker.ask(op="invalidate")
+    assert revoked["dropped"] is True
+    delays = [float(w.answer(timeout=10)["dropped_at"]) - float(revoked["at"]) for w in others]
+    assert max(delays) < 0.1, delays
+
+
+def test_a_sentinel_failover_mid_run_is_not_an_outage(
+    make_server: Callable[..., Server], redis_sentinel: Any, fleet
+) -> None:
+    """Master, replica and Sentinel: a cold fleet asks once; SENTINEL FAILOVER while
+    the fleet works costs no caller an error; sharing resumes on the new master."""
+    server = make_server()
+    workers = fleet(4, server, Store("sentinel", redis_sentinel.url), AUTHSEC_STORE_TIMEOUT="1")
+    answers = herd_all(workers, 200)
+    assert [a["served"] for a in answers] == [200] * 4, [w.stderr() for w in workers]
+    assert server.counts() == 1
+    during = str(uuid.uuid4())
+    failover = threading.Thread(target=redis_sentinel.failover)
+    failover.start()
+    mid = herd_all(workers, 200, agent=during)  # a cold key while the master changes
+    failover.join(timeout=60)
+    assert [a["served"] for a in mid] == [200] * 4, [w.stderr() for w in workers]
+    assert sum(a["error_count"] for a in mid) == 0
+    asked_during = server.counts() - 1
+    assert 1 <= asked_during <= len(workers)
+    resumed = False
+    deadline = time.monotonic() + 20
+    while not resumed and time.monotonic() < deadline:  # store back-offs run out
+        before = server.counts()
+        again = herd_all(workers, 50, agent=str(uuid.uuid4()))
+        assert sum(a["error_count"] for a in again) == 0
+        resumed = server.counts() == before + 1
+        time.sleep(0.5)
+    assert resumed, [w.stderr()[-2000:] for w in workers]

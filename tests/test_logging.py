@@ -579,3 +579,26 @@ def test_the_applications_logging_set_up_decides_and_lines_stay_redacted() -> No
     for line in ("INFO:authsec_crewai.broker:token.issued", "INFO:authsec_crewai.fetch:fetch.ok"):
         assert line in logged
     assert f"fingerprint={fingerprint(value)}" in logged
+
+
+def test_a_logger_follows_every_change_of_the_structlog_configuration(
+    structlog_restored: None,
+) -> None:
+    """The logger built for the application's chain is reused, but never a stale one:
+    ``capture_logs`` edits the processor list in place, ``configure`` replaces it."""
+    import structlog
+    from structlog.testing import capture_logs
+
+    log = get_logger("authsec_crewai.test")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    with capture_logs() as first:
+        log.debug("one")
+    with capture_logs() as second:
+        log.debug("two")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    with capture_logs() as quiet:
+        log.debug("three")
+        log.error("four")
+    assert [e["event"] for e in first] == ["one"]
+    assert [e["event"] for e in second] == ["two"]
+    assert [e["event"] for e in quiet] == ["four"]

@@ -31,6 +31,7 @@ PUBLIC_MODULES = [
     "authsec_crewai.integrations.langchain",
     "authsec_crewai.integrations.pydantic_ai",
     "authsec_crewai.integrations.openai_agents",
+    "authsec_crewai.integrations.httpx2",
 ]
 
 
@@ -100,6 +101,9 @@ def test_the_docs_were_read() -> None:
         ),
         ("authsec_crewai.settings", ["crewai", "httpx", "authsec_crewai.broker"]),
         ("authsec_crewai.wiring", ["crewai", "httpx", "authsec_crewai.transports.live"]),
+        ("authsec_crewai.auth", ["crewai", "httpx2", "langchain_core"]),
+        ("authsec_crewai._toolruntime", ["crewai", "httpx2", "langchain_core", "pydantic_ai"]),
+        ("authsec_crewai.integrations.langchain", ["crewai", "pydantic_ai", "agents"]),
     ],
 )
 def test_importing_stays_light(module: str, heavy: list[str]) -> None:

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from authsec_crewai import errors
 from authsec_crewai.broker import TokenBroker
 from authsec_crewai.settings import AuthSecSettings
-from authsec_crewai.stores import MemoryStore, SealedCodec, SQLiteStore, build_store
+from authsec_crewai.stores import MemoryStore, SealedCodec, SQLiteStore
 from authsec_crewai.stores.base import (
     EntryRejected,
     agent_identity,
@@ -35,6 +35,7 @@ from authsec_crewai.stores.base import (
 from authsec_crewai.testing import MockAuthority
 from authsec_crewai.token import DelegationToken, TokenRequest
 from authsec_crewai.transports.mock import MockTransport
+from authsec_crewai.wiring import build_store
 
 pytestmark = pytest.mark.anyio
 
@@ -188,6 +189,7 @@ async def test_nothing_readable_in_the_store(
         broker.invalidate(token)  # also leaves a revocation mark behind
         await anyio.sleep(0.05)
         token = await broker.token(SCOPE)
+        await anyio.sleep(0.05)  # the entry is written after the callers have their token
         found = await items_of(store)
     assert len(found) >= 2  # at least the entry and the revocation mark
     _, payload, signature = token.value.split(".")
@@ -414,7 +416,7 @@ def test_codec_binds_the_value_to_its_cache_key() -> None:
 
 
 async def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "tokens.db"
+    path = tmp_path / "tokens.db"
     async with SQLiteStore(path, keys=[KEY]) as store:
         await store.put("x", b"y", 10)
         journals = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]

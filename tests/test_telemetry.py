@@ -317,3 +317,23 @@ async def test_spans_name_the_agent_and_metrics_do_not(otel: Otel) -> None:
         for point in otel.points(name):
             assert "authsec.agent.client_id" not in point.attributes
             assert analyst not in json.dumps(dict(point.attributes))
+
+
+@pytest.mark.anyio
+async def test_broker_auth_spans_name_the_transports_declared_mode(
+    otel: Otel, client_id: str
+) -> None:
+    """The mode comes from the transport's declared info, never from its class name."""
+    import httpx
+
+    from authsec_crewai.auth import BrokerAuth
+
+    api = httpx.MockTransport(lambda request: httpx.Response(200))
+    async with (
+        broker_for(MockTransport(), client_id) as b,
+        httpx.AsyncClient(transport=api, auth=BrokerAuth(b, "read:records")) as client,
+    ):
+        await client.get("http://api.test/secure-vault/records")
+    (call,) = otel.spans("authsec.api.call")
+    assert call.attributes is not None
+    assert call.attributes["authsec.mode"] == MockTransport().info.mode == "mock"

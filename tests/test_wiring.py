@@ -175,10 +175,20 @@ def test_a_network_api_without_an_origin_is_refused(mock_authority: MockAuthorit
     assert fetcher.api_base_url.endswith(".invalid")  # never resolvable
 
 
+@pytest.mark.anyio
+async def test_a_fetcher_on_a_broker_alone_sends_through_the_brokers_transport(
+    mock_authority: MockAuthority,
+) -> None:
+    """``SecureFetcher(broker)``: the broker's transport knows where its API is."""
+    transport = AcmeTransport(mock_authority)
+    async with wiring.build_broker(make(mode="mock"), transport) as broker:
+        result = await SecureFetcher(broker).fetch("secure-vault/records", "read:records")
+    assert result.status_code == 200
+    assert transport.api_calls == 1 and transport.token_calls == 1
+
+
 def test_a_fetcher_is_told_where_its_traffic_goes(mock_authority: MockAuthority) -> None:
     broker = wiring.build_broker(make(mode="mock"), AcmeTransport(mock_authority))
-    with pytest.raises(errors.ConfigurationError, match="exactly one of api_transport"):
-        SecureFetcher(broker)
     with pytest.raises(errors.ConfigurationError, match="exactly one of api_transport"):
         SecureFetcher(
             broker,
@@ -498,3 +508,21 @@ async def test_the_built_in_transports_declare_what_the_library_relies_on(
     assert (replaying.info.mode, replaying.info.claims_only) == ("replay", True)
     assert replaying.info.clock is not None and not replaying.info.network_api
     await replaying.aclose()
+
+
+@pytest.mark.anyio
+async def test_build_fetcher_takes_a_sync_token_broker(authsec_server: MockServer) -> None:
+    """A SyncTokenBroker stands for the broker it runs: the fetcher is awaited on the
+    caller's loop (asyncio or trio) and its tokens come from that one broker."""
+    from authsec_crewai import SyncTokenBroker
+    from authsec_crewai.testing import TOKEN_PATH
+
+    settings = AuthSecSettings(mode="live", base_url=authsec_server.url, client_id=DEMO_CLIENT_ID)
+    with SyncTokenBroker(wiring.build_transport(settings), client_id=DEMO_CLIENT_ID) as sync:
+        fetcher = wiring.build_fetcher(sync, settings)
+        assert fetcher.broker is sync.broker
+        first = await fetcher.fetch("secure-vault/records", "read:records")
+        second = await fetcher.fetch("secure-vault/metrics", "read:metrics")
+        assert sync.token("read:records").permissions >= {"read:records"}
+    assert first.data["count"] == 6 and second.status_code == 200
+    assert authsec_server.count(TOKEN_PATH) == 1  # one broker: the sync callers' cache too

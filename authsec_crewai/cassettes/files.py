@@ -37,7 +37,7 @@ def new_document(
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A cassette document, keys in reading order (not sorted: the header first)."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "format": FORMAT,

@@ -1,15 +1,18 @@
-"""Adapters for agent frameworks other than CrewAI, one small module each.
+"""Adapters for agent frameworks other than CrewAI, and for httpx2 clients, one small
+module each.
 
 Each is behind an optional extra and imports its framework only when imported
-itself (``import authsec_crewai`` never loads any of them):
+itself (``import authsec_crewai`` never loads any of them, and none needs crewai):
 
 - :mod:`.langchain` (``pip install 'authsec-crewai[langchain]'``): a
-  ``StructuredTool`` with a native coroutine;
-- :mod:`.pydantic_ai` (``[pydantic-ai]``): a ``Tool`` whose fetcher comes
-  from the agent's dependencies;
-- :mod:`.openai_agents` (``[openai-agents]``): a ``FunctionTool``.
+  ``StructuredTool`` for LangChain and LangGraph, sync and async;
+- :mod:`.pydantic_ai` (``[pydantic-ai]``): a ``Tool`` for ``run`` and ``run_sync``;
+- :mod:`.openai_agents` (``[openai-agents]``): a ``FunctionTool`` for
+  ``Runner.run`` and ``Runner.run_sync``;
+- :mod:`.httpx2` (``[httpx2]``): ``BrokerAuth`` for httpx2 clients.
 
-All of them call :func:`authsec_crewai.toolspec.fetch_text` on a
-:class:`~authsec_crewai.fetch.SecureFetcher`: the same name, arguments,
+The tools are made in one call from the settings and stand on the same shared
+broker runtime as the CrewAI tools (:mod:`authsec_crewai._toolruntime`); all of
+them call :func:`authsec_crewai.toolspec.fetch_text`: the same name, arguments,
 description, guards, results and errors as the CrewAI tools.
 """

@@ -1,62 +1,87 @@
-"""The secure fetch tool for PydanticAI: a ``Tool`` whose fetcher comes from the run's deps.
+"""The secure fetch tool for PydanticAI: a ``Tool``, made in one call.
 
 Install with ``pip install 'authsec-crewai[pydantic-ai]'``::
 
-    @dataclass
-    class Deps:
-        fetcher: SecureFetcher
+    agent = Agent(model, tools=[secure_fetch_tool()])   # settings from AUTHSEC_*
+    result = agent.run_sync("Brief me")                 # or: await agent.run("Brief me")
 
-    agent = Agent(model, deps_type=Deps, tools=[secure_fetch_tool()])
-    async with build_broker(settings) as broker:
-        result = await agent.run("Brief me", deps=Deps(build_fetcher(broker, settings)))
+Built as the CrewAI tools are: tools configured alike share one broker per
+process, and every call runs on that broker's runtime, so ``run`` (any loop)
+and ``run_sync`` (a loop PydanticAI starts for each run) both work without
+the application entering a broker. ``settings=``, ``broker=``, ``transport=``
+and ``client_id=`` wire it by hand (``client_id=``: the agent it acts for).
 
-The fetcher (and so the broker, its token cache and its connections) belongs
-to the application and reaches the tool through PydanticAI's dependency
-injection, so one agent definition serves any configuration, and tests pass
-a fetcher on a mock transport. The deps may be the fetcher itself, have a
-``fetcher`` attribute, or be read by a ``fetcher_of`` function.
+Dependency injection still works: when the run's deps are a
+:class:`~authsec_crewai.fetch.SecureFetcher` or have a ``fetcher`` attribute,
+that fetcher (its broker, policy and agent) is used for the run::
+
+    result = await agent.run("Brief me", deps=Deps(fetcher=build_fetcher(broker, settings)))
+
+``fetcher_of=`` reads the fetcher from the deps your own way, and then a run
+whose deps hold none fails with ``ConfigurationError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic_ai import RunContext, Tool
-from pydantic_ai.tools import ToolDefinition
-
+from .._lazy import requires_extra
+from .._toolruntime import ToolBinding
 from ..fetch import SecureFetcher
-from ..toolspec import DEFAULT_TOOL_NAME, QueryParam, describe_tool, fetch_text, fetcher_from
+from ..toolspec import DEFAULT_TOOL_NAME, SecureFetchArgs, describe_tool, fetch_text, fetcher_in
+
+with requires_extra("pydantic-ai", "the PydanticAI tool"):
+    from pydantic_ai import RunContext, Tool
+    from pydantic_ai.tools import ToolDefinition
+
+if TYPE_CHECKING:
+    from ..broker import TokenBroker
+    from ..settings import AuthSecSettings
+    from ..sync import SyncTokenBroker
+    from ..transports.base import Transport
 
 __all__ = ["secure_fetch_tool"]
 
 
 def secure_fetch_tool(
     *,
-    fetcher_of: Callable[[Any], SecureFetcher] = fetcher_from,
+    settings: AuthSecSettings | None = None,
+    broker: TokenBroker | SyncTokenBroker | None = None,
+    transport: Transport | None = None,
+    client_id: str | None = None,
+    fetcher_of: Callable[[Any], SecureFetcher] | None = None,
     name: str = DEFAULT_TOOL_NAME,
 ) -> Tool[Any]:
-    """A PydanticAI tool that calls the protected API through the run's fetcher.
+    """A PydanticAI tool that calls the protected API with a scoped delegation token.
 
-    Its description is written at each step from that fetcher's allowlists,
-    as the CrewAI tools' is from their settings.
+    With no arguments it is built from ``AuthSecSettings()``, exactly as
+    ``AuthSecSecureFetchTool()`` is; a broken configuration raises
+    ``ConfigurationError`` here. A run whose deps carry a fetcher uses that
+    one. Results and failures are the CrewAI tools' JSON text; the description
+    is written at each step from the allowlists of the fetcher that will run.
     """
+    binding = ToolBinding.create(
+        settings=settings, broker=broker, transport=transport, client_id=client_id
+    )
 
-    async def fetch(
-        ctx: RunContext[Any], endpoint: str, scope: str, params: list[QueryParam] | None = None
-    ) -> str:
-        """Fetch from the AuthSec-protected API with a token limited to one scope.
+    def chosen(deps: Any) -> SecureFetcher | None:
+        return fetcher_of(deps) if fetcher_of is not None else fetcher_in(deps)
 
-        Args:
-            endpoint: Path relative to the protected API, e.g. 'secure-vault/records'.
-                Never a full URL or host; no '..', '?', '#' or percent-escapes.
-            scope: The permission this call needs, e.g. 'read:records'.
-            params: Optional query parameters, e.g. [{'name': 'page', 'value': '2'}].
-        """
-        return await fetch_text(fetcher_of(ctx.deps), endpoint, scope, params, tool=name)
+    # One model-like argument: PydanticAI then shows the model SecureFetchArgs' own schema
+    # (the descriptions every framework's tool shares) and validates the call with it.
+    async def fetch(ctx: RunContext[Any], args: SecureFetchArgs) -> str:
+        fetcher = chosen(ctx.deps)
+        if fetcher is not None:
+            return await fetch_text(fetcher, args.endpoint, args.scope, args.params, tool=name)
+        return await binding.acall(
+            args.endpoint, args.scope, args.params, tool=name, on_runtime=True
+        )
 
     async def describe(ctx: RunContext[Any], definition: ToolDefinition) -> ToolDefinition:
-        return dataclasses.replace(definition, description=describe_tool(fetcher_of(ctx.deps)))
+        fetcher = chosen(ctx.deps)
+        policy = fetcher if fetcher is not None else binding.policy
+        return dataclasses.replace(definition, description=describe_tool(policy))
 
     return Tool(fetch, takes_ctx=True, name=name, prepare=describe)

@@ -28,12 +28,16 @@ from typing import Any, Protocol, Self, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import _secrets
 from ..errors import ConfigurationError
 from ..token import DelegationToken, TokenRequest
+from .events import EventSigner
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_TIMEOUT_SECONDS",
+    "KEY_CHECK_IDENTITY",
+    "KEY_CHECK_NAME",
     "EntryRejected",
     "SealedCodec",
     "StoredEntry",
@@ -46,6 +50,8 @@ __all__ = [
     "latest_name",
     "lease_name",
     "revocation_name",
+    "terminal_identity",
+    "terminal_name",
 ]
 
 DEFAULT_TIMEOUT_SECONDS = 0.5
@@ -79,6 +85,11 @@ class TokenStore(Protocol):
     codec: SealedCodec
     """Seals values at rest (or, when encryption is off on purpose, only frames them)."""
 
+    channel: str
+    """Where this deployment's events travel; bound into every event's MAC, so an
+    event captured from another deployment (another prefix, file or database)
+    does not verify here."""
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -104,8 +115,18 @@ class TokenStore(Protocol):
         """Take the lease ``name`` for ``owner`` if nobody holds it; True if taken."""
         ...
 
+    async def renew(self, name: str, owner: str, ttl: float) -> bool:
+        """Hold the lease ``ttl`` seconds more, only if ``owner`` still holds it."""
+        ...
+
     async def release(self, name: str, owner: str) -> None:
         """Give the lease back, only if ``owner`` still holds it."""
+        ...
+
+    async def now(self) -> float:
+        """The store's own clock, in seconds since the epoch (Redis ``TIME``; SQLite
+        and memory: this host's). Every process stamps entries on this one clock,
+        so processes whose own clocks disagree still agree on what is newer."""
         ...
 
     async def publish(self, message: str) -> None:
@@ -151,19 +172,27 @@ def _digest(kind: bytes, data: bytes) -> str:
     return hashlib.sha256(_DOMAIN + kind + b"\0" + data).hexdigest()[:40]
 
 
+def _slot(identity: bytes) -> str:
+    """The agent's hash tag: every name of one agent lands in one Redis Cluster slot,
+    so the entry, the agent's latest token, its revocation mark and its shared
+    terminal answer are read in one ``MGET``."""
+    client_id = json.loads(identity)[0]
+    return "{" + agent_digest(str(client_id))[:16] + "}"
+
+
 def entry_name(identity: bytes) -> str:
     """Where the token for a cache key is kept."""
-    return "t:" + _digest(b"entry", identity)
+    return f"t:{_slot(identity)}{_digest(b'entry', identity)}"
 
 
 def latest_name(agent: bytes) -> str:
     """Where the agent's latest token is kept (it serves any scope set it covers)."""
-    return "a:" + _digest(b"latest", agent)
+    return f"a:{_slot(agent)}{_digest(b'latest', agent)}"
 
 
 def lease_name(identity: bytes) -> str:
     """The lease that elects one fetcher for a cache key."""
-    return "l:" + _digest(b"lease", identity)
+    return f"l:{_slot(identity)}{_digest(b'lease', identity)}"
 
 
 def agent_digest(client_id: str) -> str:
@@ -171,16 +200,47 @@ def agent_digest(client_id: str) -> str:
     return _digest(b"agent", client_id.encode())
 
 
+def _agent_slot(client_id: str) -> str:
+    return "{" + agent_digest(client_id)[:16] + "}"
+
+
 def revocation_name(client_id: str) -> str:
-    """When the agent's tokens were last revoked (entries written before are void)."""
-    return "r:" + agent_digest(client_id)
+    """The agent's revocation generation: entries written under an older one are void."""
+    return f"r:{_agent_slot(client_id)}"
+
+
+def terminal_name(client_id: str) -> str:
+    """The server's terminal answer for the agent (not delegated, expired), shared for
+    a while so the fleet does not ask again from every process."""
+    return f"x:{_agent_slot(client_id)}"
+
+
+def terminal_identity(client_id: str) -> bytes:
+    """What a shared terminal answer is sealed to (its AAD)."""
+    return json.dumps([client_id, "terminal"], separators=(",", ":")).encode()
+
+
+KEY_CHECK_NAME = "k:check"
+"""A value every process seals and opens at start: a process whose key opens no one
+else's says so at once, instead of silently fetching on its own."""
+KEY_CHECK_IDENTITY = b"authsec-crewai/store/key-check"
 
 
 # --- sealing ----------------------------------------------------------------------------
 
 
 class EntryRejected(Exception):
-    """A stored value that must not be served: tampered, foreign, stale or malformed."""
+    """A stored value that must not be served: tampered, foreign, stale or malformed.
+
+    ``foreign`` says it was sealed under a key (or an encryption choice) this
+    process does not share: another process's, not garbage. It is left alone,
+    because deleting it would let two processes with different keys destroy each
+    other's entries, and the mismatch is reported instead.
+    """
+
+    def __init__(self, reason: str, *, foreign: bool = False) -> None:
+        super().__init__(reason)
+        self.foreign = foreign
 
 
 def decode_key(text: str, *, variable: str = "AUTHSEC_STORE_KEY") -> bytes:
@@ -195,6 +255,7 @@ def decode_key(text: str, *, variable: str = "AUTHSEC_STORE_KEY") -> bytes:
             "python -c 'import base64, os; "
             "print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
         )
+    _secrets.remember(text.strip())
     return key
 
 
@@ -213,6 +274,7 @@ class SealedCodec:
         for key in keys:
             if len(key) != 32:
                 raise ConfigurationError("a store key must be 32 bytes (AES-256)")
+        self._keys = tuple(keys)
         self._ciphers = {hashlib.sha256(key).digest()[:_KEY_ID_BYTES]: AESGCM(key) for key in keys}
         self._sealing = (
             (hashlib.sha256(keys[0]).digest()[:_KEY_ID_BYTES], AESGCM(keys[0])) if keys else None
@@ -225,6 +287,10 @@ class SealedCodec:
     def __repr__(self) -> str:
         return f"SealedCodec(keys={len(self._ciphers)}, encrypts={self.encrypts})"
 
+    def event_signer(self, channel: str) -> EventSigner:
+        """Signs and checks the fleet's events on ``channel`` under these keys."""
+        return EventSigner(self._keys, channel)
+
     def seal(self, identity: bytes, plaintext: bytes) -> bytes:
         if self._sealing is None:
             return _PLAIN + hashlib.sha256(identity).digest() + plaintext
@@ -232,20 +298,37 @@ class SealedCodec:
         nonce = os.urandom(_NONCE_BYTES)
         return _SEALED + key_id + nonce + cipher.encrypt(nonce, plaintext, identity)
 
+    def refusal(self, blob: bytes) -> str | None:
+        """Why :meth:`open` would refuse ``blob`` under any cache key, or None if it may not.
+
+        For a health check (``authsec-crewai doctor``), which reads stored values
+        without the cache keys they are bound to: a value sealed with a key this
+        process does not have is found without opening it.
+        """
+        if self._sealing is None:
+            return None if blob[:1] == _PLAIN else "a sealed entry, but store encryption is off"
+        if blob[:1] != _SEALED:
+            return "an entry that is not sealed"
+        if blob[1 : 1 + _KEY_ID_BYTES] not in self._ciphers:
+            return "an entry sealed with a key this process does not have"
+        return None
+
     def open(self, identity: bytes, blob: bytes) -> bytes:
         if self._sealing is None:
             if blob[:1] != _PLAIN:
-                raise EntryRejected("a sealed entry, but store encryption is off")
+                raise EntryRejected("a sealed entry, but store encryption is off", foreign=True)
             if blob[1:33] != hashlib.sha256(identity).digest():
                 raise EntryRejected("an entry stored under another cache key")
             return blob[33:]
         if blob[:1] != _SEALED:
-            raise EntryRejected("an entry that is not sealed")
+            raise EntryRejected("an entry that is not sealed", foreign=blob[:1] == _PLAIN)
         key_id = blob[1 : 1 + _KEY_ID_BYTES]
         nonce = blob[1 + _KEY_ID_BYTES : 1 + _KEY_ID_BYTES + _NONCE_BYTES]
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            raise EntryRejected("an entry sealed with a key this process does not have")
+            raise EntryRejected(
+                "an entry sealed with a key this process does not have", foreign=True
+            )
         try:
             return cipher.decrypt(nonce, blob[1 + _KEY_ID_BYTES + _NONCE_BYTES :], identity)
         except InvalidTag:
@@ -257,16 +340,19 @@ class SealedCodec:
 
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
-    """A token as the fleet keeps it, and when (by the writer's clock) it was written."""
+    """A token as the fleet keeps it: when it was written (by the store's clock) and
+    under which revocation generation of its agent (``""``: none yet)."""
 
     token: DelegationToken
     written_at: float
+    generation: str = ""
 
     def encode(self) -> bytes:
         t = self.token
         return json.dumps(
             {
                 "w": self.written_at,
+                "g": self.generation,
                 "value": t.value,
                 "permissions": sorted(t.permissions),
                 "expires_at": t.expires_at.timestamp(),
@@ -295,6 +381,7 @@ class StoredEntry:
                 jti=None if raw["jti"] is None else str(raw["jti"]),
                 audience=tuple(str(a) for a in raw["audience"]),
             )
-            return cls(token=token, written_at=float(raw["w"]))
+            _secrets.remember(token.value)  # a token another process shared is held here too
+            return cls(token=token, written_at=float(raw["w"]), generation=str(raw["g"]))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise EntryRejected(f"a malformed entry ({type(exc).__name__})") from None

@@ -24,6 +24,8 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """Dicts with expiry, leases and in-process event delivery (one event loop)."""
 
+    channel = "memory-events"
+
     def __init__(
         self,
         *,
@@ -32,12 +34,14 @@ class MemoryStore:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         poll_interval: float = 0.05,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = SealedCodec(keys)
         self.timeout = timeout
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self._monotonic = monotonic
+        self._clock = clock
         self._values: dict[str, tuple[bytes, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._listeners: list[Callable[[str], None]] = []
@@ -83,6 +87,17 @@ class MemoryStore:
             return False
         self._leases[name] = (owner, now + ttl)
         return True
+
+    async def renew(self, name: str, owner: str, ttl: float) -> bool:
+        now = self._monotonic()
+        held = self._leases.get(name)
+        if held is None or held[0] != owner or held[1] <= now:
+            return False
+        self._leases[name] = (owner, now + ttl)
+        return True
+
+    async def now(self) -> float:
+        return self._clock()
 
     async def release(self, name: str, owner: str) -> None:
         held = self._leases.get(name)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import socket
 import threading
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._lazy import requires_extra
+
+with requires_extra("cli", "LoopbackServer (a server on a real socket)"):
+    import uvicorn
 
 __all__ = ["LoopbackServer", "listening_socket"]
 

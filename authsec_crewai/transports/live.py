@@ -30,11 +30,11 @@ from tenacity import (
     stop_before_delay,
 )
 
-from .. import errors
+from .. import _secrets, errors
 from .._capped import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_capped
 from .._urls import check_base_url
 from .._version import __version__
-from ..logging import get_logger
+from ..logging import ensure_http_log_filter, get_logger
 from ..redact import scrub_secrets
 from ..token import DelegationToken, TokenRequest
 from ..wire import BUNDLE_PATH, TOKEN_PATH, error_for_status, parse_token_body
@@ -160,6 +160,7 @@ class LiveTransport:
             )
         self.base_url = _check_base_url(base_url)
         self._api_token = api_token or None
+        _secrets.remember(self._api_token)
         self.timeout = timeout
         self.retry_budget = retry_budget
         self.max_attempts = max_attempts
@@ -197,6 +198,8 @@ class LiveTransport:
     # --- plumbing --------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
+        # Also for a client the caller gave: its logs carry the API token all the same.
+        ensure_http_log_filter()
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout),
