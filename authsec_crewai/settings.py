@@ -492,18 +492,18 @@ class AuthSecSettings(BaseSettings):
     @field_validator("client_id")
     @classmethod
     def _check_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("mode") == "oauth":
-            return _check_oauth_client_id(value.strip())  # opaque (RFC 6749 §2.2)
-
         if value is None:
             return None
         text = value.strip()
+        mode = info.data.get("mode")
+        if mode == "oauth":
+            return _check_oauth_client_id(text)  # opaque (RFC 6749 §2.2)
+        if mode == "record" and not is_uuid_text(text):
+            # Recording an OAuth server takes its opaque ids; whether this recording is
+            # one is known only once its issuer or resource is read (see _resolve).
+            return _check_oauth_client_id(text)
         if not is_uuid_text(text):
-            raise ValueError(
-                "the client id must be the agent's UUID (like "
-                f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else. Copy it from "
-                "the agent's page in the AuthSec console"
-            )
+            raise ValueError(_NOT_A_UUID)
         return text
 
     @field_validator(
@@ -612,7 +612,8 @@ class AuthSecSettings(BaseSettings):
         settings are missing is refused at construction, naming the variable.
 
         ``live`` with missing values must never turn into mock data. ``record``
-        records the live server when ``base_url`` and the client id are set and
+        records an OAuth server when its issuer or resource is set (and then needs
+        what ``oauth`` needs), the live server when ``base_url`` and the client id are set and
         the mock when neither is; one without the other is the same error as in
         ``live``. Says nothing: the auto -> mock warning is logged by the wiring
         when it builds a mock from these settings.
@@ -670,6 +671,12 @@ class AuthSecSettings(BaseSettings):
         )
 
 
+_NOT_A_UUID = (
+    f"the client id must be the agent's UUID (like {DEMO_CLIENT_ID}); AuthSec answers 400 "
+    "to anything else. Copy it from the agent's page in the AuthSec console"
+)
+
+
 def _check_oauth_client_id(text: str) -> str:
     """An OAuth client id: opaque (RFC 6749 §2.2), but printable and of sane length."""
     if not is_opaque_id(text):
@@ -708,12 +715,19 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
     mode = settings.mode
     if mode == "oauth":
         return _resolve_oauth(settings)
+    oauth_recording = mode == "record" and bool(settings.oauth_issuer or settings.resource)
+    if oauth_recording:
+        _resolve_oauth(settings)  # recording an OAuth server: its settings, its rules
+    elif settings.client_id is not None and not is_uuid_text(settings.client_id):
+        raise ConfigurationError(f"AUTHSEC_CLIENT_ID (or AUTHSEC_AGENT_CLIENT_ID): {_NOT_A_UUID}")
     has_identity = settings.client_id is not None or bool(settings.agents)
     if mode == "auto":
         return "live" if settings.base_url and has_identity else "mock"
     # record records the live server when it is configured and the mock when
     # nothing is; half a live configuration is a typo, never a quiet mock.
-    if mode == "live" or (mode == "record" and (settings.base_url is not None or has_identity)):
+    if mode == "live" or (
+        mode == "record" and not oauth_recording and (settings.base_url is not None or has_identity)
+    ):
         missing = "base_url" if settings.base_url is None else None
         missing = missing or (None if has_identity else "client_id")
         if missing is not None:
@@ -732,10 +746,12 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
 
 
 def _resolve_oauth(settings: AuthSecSettings) -> ResolvedMode:
-    """OAuth mode needs a client, where to find its server, and a way to get tokens."""
+    """OAuth mode (and recording an OAuth server) needs a client, where to find its
+    server, and a way to get tokens."""
     if settings.client_id is None:
         raise ConfigurationError(
-            f"{env_var('client_id')} is not set; AUTHSEC_MODE=oauth needs the OAuth client id"
+            f"{env_var('client_id')} is not set; AUTHSEC_MODE={settings.mode} needs the OAuth "
+            "client id"
         )
     if settings.oauth_issuer is None and settings.resource is None:
         raise ConfigurationError(
@@ -748,8 +764,9 @@ def _resolve_oauth(settings: AuthSecSettings) -> ResolvedMode:
         and settings.oauth_refresh_token is None
     ):
         raise ConfigurationError(
-            f"AUTHSEC_MODE=oauth needs {env_var('client_secret')} or {env_var('client_key')} "
-            f"(client credentials), or {env_var('oauth_refresh_token')} (a user's sign-in)"
+            f"AUTHSEC_MODE={settings.mode} needs {env_var('client_secret')} or "
+            f"{env_var('client_key')} (client credentials), or "
+            f"{env_var('oauth_refresh_token')} (a user's sign-in)"
         )
     return "oauth"
 

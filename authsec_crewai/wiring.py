@@ -93,7 +93,10 @@ def build_transport(settings: AuthSecSettings) -> Transport:
 def recording_source(settings: AuthSecSettings) -> Transport:
     """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and a client
     id (or ``AUTHSEC_AGENTS``) are set, else the mock (settings refuse half a live
-    configuration in ``record``)."""
+    configuration in ``record``); the OAuth server when ``AUTHSEC_OAUTH_ISSUER`` or
+    ``AUTHSEC_RESOURCE`` is set (its refresh chain, if any, kept in this process)."""
+    if settings.oauth_issuer is not None or settings.resource is not None:
+        return oauth_transport(settings)
     if settings.base_url is not None:
         return _live_transport(settings)
     from .transports.mock import MockTransport

@@ -122,3 +122,44 @@ async def test_an_oauth_cassette_replays_from_settings_alone(
     assert attempts == []
     assert replayed.permissions == recorded.permissions
     assert request.issuer == oauth.issuer and request.audience == (oauth.resource,)
+
+
+async def test_an_oauth_session_records_and_replays_from_settings_alone(
+    oauth: OAuthKit, tmp_path: Path, clean_env: None
+) -> None:
+    path = tmp_path / "recorded.json"
+    recording = AuthSecSettings(
+        mode="record",
+        oauth_issuer=oauth.issuer,
+        resource=oauth.resource,
+        client_id=BASIC_CLIENT,  # opaque, not a UUID: recording an OAuth server takes it
+        client_secret=SECRET,
+        cassette=path,
+    )
+    async with build_broker(recording) as broker:
+        assert broker.transport.info.client_ids == "opaque"
+        recorded = await broker.token(SCOPE)
+    assert oauth.token_requests == 1
+    text = path.read_text()
+    for secret in (SECRET, quote_plus(SECRET), recorded.value):
+        assert secret not in text
+    with block_network() as attempts:
+        async with build_broker(AuthSecSettings(mode="replay", cassette=path)) as broker:
+            replayed = await broker.token(SCOPE)
+            assert broker.request_for(SCOPE).issuer == oauth.issuer
+    assert attempts == [] and oauth.token_requests == 1
+    assert replayed.permissions == recorded.permissions
+
+
+def test_recording_an_oauth_server_needs_what_oauth_mode_needs(clean_env: None) -> None:
+    from authsec_crewai import errors
+
+    with pytest.raises(errors.ConfigurationError, match="AUTHSEC_CLIENT_SECRET"):
+        AuthSecSettings(
+            mode="record", oauth_issuer="https://as.example", client_id="svc", cassette="c.json"
+        )
+    # Recording AuthSec itself still takes only its agents' UUIDs.
+    with pytest.raises(errors.ConfigurationError, match="UUID"):
+        AuthSecSettings(
+            mode="record", base_url="https://authsec.example", client_id="svc", cassette="c.json"
+        )
