@@ -16,6 +16,7 @@ __all__ = [
     "AuthenticationError",
     "BrokerClosedError",
     "CassetteError",
+    "ClientAuthenticationError",
     "ConfigurationError",
     "DelegationExpiredError",
     "EndpointNotFoundError",
@@ -23,9 +24,11 @@ __all__ = [
     "FetchError",
     "InsufficientScopeError",
     "InvalidClientIdError",
+    "InvalidGrantError",
     "InvalidTokenResponseError",
     "MissingExtraError",
     "NotDelegatedError",
+    "OAuthRequestError",
     "ProtectedApiError",
     "RateLimitedError",
     "ResponseTooLargeError",
@@ -134,6 +137,33 @@ class AuthenticationError(TokenError):
 
     kind = "authentication"
     terminal = True
+
+
+class ClientAuthenticationError(AuthenticationError, ConfigurationError):
+    """An OAuth token endpoint refused the client's authentication (``invalid_client``):
+    the client id, secret or key (or its ``kid``) is wrong or not registered."""
+
+    kind = "invalid_client"
+
+
+class InvalidGrantError(TokenError):
+    """An OAuth server answered ``invalid_grant``: the refresh token (or other grant)
+    expired, was revoked or was already used. Terminal: a person must sign in again,
+    so it is never retried (retrying a spent refresh token is what revokes a family)."""
+
+    kind = "invalid_grant"
+    terminal = True
+
+
+class OAuthRequestError(TokenError, ConfigurationError):
+    """An OAuth server refused the request as configured (``invalid_target``,
+    ``unauthorized_client``, ``unsupported_grant_type``, ``invalid_request``, ...)."""
+
+    kind = "oauth_refused"
+
+    def __init__(self, message: str, *, error: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class NotDelegatedError(TokenError):

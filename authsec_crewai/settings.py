@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic import model_validator as _model_validator
@@ -33,7 +34,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._urls import check_base_url
 from .errors import ConfigurationError
-from .identity import is_uuid_text
+from .identity import OPAQUE_ID_LIMIT, is_opaque_id, is_uuid_text
 from .policy import policy_problem
 from .token import canonical_scopes
 
@@ -50,8 +51,8 @@ __all__ = [
     "role_key",
 ]
 
-Mode = Literal["auto", "live", "mock", "record", "replay"]
-ResolvedMode = Literal["live", "mock", "record", "replay"]
+Mode = Literal["auto", "live", "mock", "record", "replay", "oauth"]
+ResolvedMode = Literal["live", "mock", "record", "replay", "oauth"]
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -231,8 +232,9 @@ class AuthSecSettings(BaseSettings):
 
     mode: Mode = Field(
         "auto",
-        description="auto | live | mock | record | replay. auto is live when base_url and "
-        "client_id are set, else mock (with a warning).",
+        description="auto | live | mock | record | replay | oauth. auto is live when base_url "
+        "and client_id are set, else mock (with a warning); oauth is any OAuth 2.0 "
+        "authorization server (the AUTHSEC_OAUTH_* block).",
     )
     base_url: str | None = Field(
         None, description="The AuthSec server, e.g. https://authsec.example.com."
@@ -240,8 +242,9 @@ class AuthSecSettings(BaseSettings):
     client_id: str | None = Field(
         None,
         validation_alias=AliasChoices("AUTHSEC_CLIENT_ID", "AUTHSEC_AGENT_CLIENT_ID"),
-        description="The agent's client id (a UUID). Also read from AUTHSEC_AGENT_CLIENT_ID, "
-        "the name the existing AuthSec SDKs use; AUTHSEC_CLIENT_ID wins when both are set.",
+        description="The agent's client id (a UUID; in oauth mode the OAuth client id, any "
+        "string). Also read from AUTHSEC_AGENT_CLIENT_ID, the name the existing AuthSec SDKs "
+        "use; AUTHSEC_CLIENT_ID wins when both are set.",
     )
     agents: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -362,6 +365,45 @@ class AuthSecSettings(BaseSettings):
         "pub/sub adds one.",
     )
 
+    # --- OAuth 2.0 (AUTHSEC_MODE=oauth): any authorization server ------------------------
+    # AuthSec's own AS for MCP servers, Auth0, Okta, Keycloak. Secrets are given as the
+    # value, or as the path of a file holding it (an absolute path that exists, or
+    # file:<path>); they are read once here and never shown (SecretStr).
+
+    oauth_issuer: str | None = Field(
+        None,
+        description="The authorization server's issuer (RFC 8414), e.g. "
+        "https://auth.example.com; discovered from AUTHSEC_RESOURCE when unset (RFC 9728).",
+    )
+    resource: str | None = Field(
+        None,
+        description="The protected resource the tokens are for (RFC 8707), e.g. "
+        "https://mcp.example.com/mcp; part of every cache key, and the default API origin.",
+    )
+    client_secret: SecretStr | None = Field(
+        None, description="The OAuth client secret (client_secret_basic or _post), or its file."
+    )
+    client_key: SecretStr | None = Field(
+        None,
+        description="The path of the client's RSA private key in PEM form (private_key_jwt), "
+        "or the PEM itself.",
+    )
+    client_key_id: str | None = Field(
+        None, description="The kid the server registered for AUTHSEC_CLIENT_KEY."
+    )
+    oauth_auth_method: (
+        Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"] | None
+    ) = Field(
+        None,
+        description="Client authentication; by default the strongest the server advertises "
+        "that the configured secret or key can do.",
+    )
+    oauth_refresh_token: SecretStr | None = Field(
+        None,
+        description="A refresh token from a user's sign-in, or its file: seeds the rotating "
+        "chain the fleet then keeps (sealed) in AUTHSEC_STORE and spends once per turn.",
+    )
+
     def __init__(self, **values: Any) -> None:
         # Re-raise pydantic's error as our ConfigurationError: one exception tree
         # for callers, messages that name AUTHSEC_* variables, and no echo of the
@@ -379,6 +421,8 @@ class AuthSecSettings(BaseSettings):
         """``api_base_url`` defaults to ``base_url``: most deployments serve both."""
         if isinstance(data, dict) and not _empty_to_none(data.get("api_base_url")):
             base = _empty_to_none(data.get("base_url"))
+            if base is None and str(data.get("mode", "")).strip().lower() == "oauth":
+                base = _empty_to_none(data.get("resource"))  # tokens are good only there
             if isinstance(base, str):
                 try:
                     check_base_url(base)
@@ -447,17 +491,52 @@ class AuthSecSettings(BaseSettings):
 
     @field_validator("client_id")
     @classmethod
-    def _check_client_id(cls, value: str | None) -> str | None:
+    def _check_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         text = value.strip()
+        mode = info.data.get("mode")
+        if mode == "oauth":
+            return _check_oauth_client_id(text)  # opaque (RFC 6749 §2.2)
+        if mode == "record" and not is_uuid_text(text):
+            # Recording an OAuth server takes its opaque ids; whether this recording is
+            # one is known only once its issuer or resource is read (see _resolve).
+            return _check_oauth_client_id(text)
         if not is_uuid_text(text):
-            raise ValueError(
-                "the client id must be the agent's UUID (like "
-                f"{DEMO_CLIENT_ID}); AuthSec answers 400 to anything else. Copy it from "
-                "the agent's page in the AuthSec console"
-            )
+            raise ValueError(_NOT_A_UUID)
         return text
+
+    @field_validator(
+        "oauth_issuer",
+        "resource",
+        "client_secret",
+        "client_key",
+        "client_key_id",
+        "oauth_auth_method",
+        "oauth_refresh_token",
+        mode="before",
+    )
+    @classmethod
+    def _optional_oauth(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @field_validator("oauth_issuer", "resource")
+    @classmethod
+    def _check_oauth_urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_base_url(value)
+        return value.strip()  # kept exactly: RFC 8414 and 9728 compare it character by character
+
+    @field_validator("client_secret", "oauth_refresh_token")
+    @classmethod
+    def _secret_or_file(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _read_secret(value.get_secret_value(), pem=False)
+
+    @field_validator("client_key")
+    @classmethod
+    def _pem_or_file(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _read_secret(value.get_secret_value(), pem=True)
 
     @field_validator("agents", mode="before")
     @classmethod
@@ -533,7 +612,8 @@ class AuthSecSettings(BaseSettings):
         settings are missing is refused at construction, naming the variable.
 
         ``live`` with missing values must never turn into mock data. ``record``
-        records the live server when ``base_url`` and the client id are set and
+        records an OAuth server when its issuer or resource is set (and then needs
+        what ``oauth`` needs), the live server when ``base_url`` and the client id are set and
         the mock when neither is; one without the other is the same error as in
         ``live``. Says nothing: the auto -> mock warning is logged by the wiring
         when it builds a mock from these settings.
@@ -582,15 +662,72 @@ class AuthSecSettings(BaseSettings):
         """The raw API token, for the one place that sends it (the live transport)."""
         return None if self.api_token is None else self.api_token.get_secret_value()
 
+    def oauth_secrets(self) -> tuple[str | None, str | None, str | None]:
+        """The raw client secret, client key PEM and refresh token, for the one place
+        that uses them (the OAuth transport's wiring)."""
+        return tuple(  # type: ignore[return-value]
+            None if item is None else item.get_secret_value()
+            for item in (self.client_secret, self.client_key, self.oauth_refresh_token)
+        )
+
+
+_NOT_A_UUID = (
+    f"the client id must be the agent's UUID (like {DEMO_CLIENT_ID}); AuthSec answers 400 "
+    "to anything else. Copy it from the agent's page in the AuthSec console"
+)
+
+
+def _check_oauth_client_id(text: str) -> str:
+    """An OAuth client id: opaque (RFC 6749 §2.2), but printable and of sane length."""
+    if not is_opaque_id(text):
+        raise ValueError(
+            f"an OAuth client id must be printable text of at most {OPAQUE_ID_LIMIT} characters"
+        )
+    return text
+
+
+def _read_secret(text: str, *, pem: bool) -> SecretStr:
+    """A secret given as its value or as a file's path; the file read now, once.
+
+    A value is taken as a path when it starts with ``file:``, or is an absolute path
+    that exists (a base64 secret may start with "/"); a PEM key is a path unless it
+    is PEM text. Messages never repeat the value.
+    """
+    value = text.strip()
+    if pem and value.startswith("-----BEGIN"):
+        return SecretStr(value)
+    path = Path(value.removeprefix("file:")).expanduser()
+    if value.startswith("file:") or pem or (value.startswith("/") and path.is_file()):
+        try:
+            content = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ValueError(f"cannot read the file it names ({reason})") from None
+        if not content:
+            raise ValueError("the file it names is empty")
+        if pem and not content.startswith("-----BEGIN"):
+            raise ValueError("the file it names is not PEM (-----BEGIN ...)")
+        return SecretStr(content)
+    return SecretStr(value)
+
 
 def _resolve(settings: AuthSecSettings) -> ResolvedMode:
     mode = settings.mode
+    if mode == "oauth":
+        return _resolve_oauth(settings)
+    oauth_recording = mode == "record" and bool(settings.oauth_issuer or settings.resource)
+    if oauth_recording:
+        _resolve_oauth(settings)  # recording an OAuth server: its settings, its rules
+    elif settings.client_id is not None and not is_uuid_text(settings.client_id):
+        raise ConfigurationError(f"AUTHSEC_CLIENT_ID (or AUTHSEC_AGENT_CLIENT_ID): {_NOT_A_UUID}")
     has_identity = settings.client_id is not None or bool(settings.agents)
     if mode == "auto":
         return "live" if settings.base_url and has_identity else "mock"
     # record records the live server when it is configured and the mock when
     # nothing is; half a live configuration is a typo, never a quiet mock.
-    if mode == "live" or (mode == "record" and (settings.base_url is not None or has_identity)):
+    if mode == "live" or (
+        mode == "record" and not oauth_recording and (settings.base_url is not None or has_identity)
+    ):
         missing = "base_url" if settings.base_url is None else None
         missing = missing or (None if has_identity else "client_id")
         if missing is not None:
@@ -606,6 +743,32 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
             "of the cassette file to " + ("write" if mode == "record" else "read")
         )
     return mode
+
+
+def _resolve_oauth(settings: AuthSecSettings) -> ResolvedMode:
+    """OAuth mode (and recording an OAuth server) needs a client, where to find its
+    server, and a way to get tokens."""
+    if settings.client_id is None:
+        raise ConfigurationError(
+            f"{env_var('client_id')} is not set; AUTHSEC_MODE={settings.mode} needs the OAuth "
+            "client id"
+        )
+    if settings.oauth_issuer is None and settings.resource is None:
+        raise ConfigurationError(
+            f"AUTHSEC_MODE=oauth needs {env_var('oauth_issuer')}, or {env_var('resource')} "
+            "to discover the issuer from (RFC 9728)"
+        )
+    if (
+        settings.client_secret is None
+        and settings.client_key is None
+        and settings.oauth_refresh_token is None
+    ):
+        raise ConfigurationError(
+            f"AUTHSEC_MODE={settings.mode} needs {env_var('client_secret')} or "
+            f"{env_var('client_key')} (client credentials), or "
+            f"{env_var('oauth_refresh_token')} (a user's sign-in)"
+        )
+    return "oauth"
 
 
 def _explain(exc: ValidationError) -> str:

@@ -50,21 +50,31 @@ class TokenRequest:
     client_id: str
     scopes: frozenset[str]
     audience: tuple[str, ...] = ()
+    issuer: str | None = None
+    """Who issues the token, when the transport declares it (an OAuth issuer): two
+    issuers (or tenants) may know the same client id, and must not share tokens."""
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Requests are cache keys looked up on every call: hash them once.
-        object.__setattr__(self, "_hash", hash((self.client_id, self.scopes, self.audience)))
+        object.__setattr__(
+            self, "_hash", hash((self.client_id, self.scopes, self.audience, self.issuer))
+        )
 
     def __hash__(self) -> int:
         return self._hash
 
     @classmethod
     def create(
-        cls, client_id: str, scopes: ScopesLike, audience: str | Iterable[str] = ()
+        cls,
+        client_id: str,
+        scopes: ScopesLike,
+        audience: str | Iterable[str] = (),
+        *,
+        issuer: str | None = None,
     ) -> TokenRequest:
         aud = (audience,) if isinstance(audience, str) else tuple(audience)
-        return cls(client_id, canonical_scopes(scopes), tuple(sorted(set(aud))))
+        return cls(client_id, canonical_scopes(scopes), tuple(sorted(set(aud))), issuer)
 
     @property
     def scope_string(self) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "build_store",
     "build_transport",
     "client_id_for",
+    "oauth_transport",
     "recording_source",
     "refresh_policy",
     "sqlite_path",
@@ -69,6 +70,8 @@ def build_transport(settings: AuthSecSettings) -> Transport:
         return MockTransport()
     if mode == "live":
         return _live_transport(settings)
+    if mode == "oauth":
+        return oauth_transport(settings)
     if importlib.util.find_spec(f"{__package__}.transports.replay") is None:
         raise ConfigurationError(
             f"AUTHSEC_MODE={mode} is not available yet in this version of authsec-crewai; "
@@ -90,7 +93,10 @@ def build_transport(settings: AuthSecSettings) -> Transport:
 def recording_source(settings: AuthSecSettings) -> Transport:
     """What a recording records: the live server when ``AUTHSEC_BASE_URL`` and a client
     id (or ``AUTHSEC_AGENTS``) are set, else the mock (settings refuse half a live
-    configuration in ``record``)."""
+    configuration in ``record``); the OAuth server when ``AUTHSEC_OAUTH_ISSUER`` or
+    ``AUTHSEC_RESOURCE`` is set (its refresh chain, if any, kept in this process)."""
+    if settings.oauth_issuer is not None or settings.resource is not None:
+        return oauth_transport(settings)
     if settings.base_url is not None:
         return _live_transport(settings)
     from .transports.mock import MockTransport
@@ -106,6 +112,48 @@ def _live_transport(settings: AuthSecSettings) -> Transport:
     return LiveTransport(
         settings.base_url,
         api_token=settings.api_token_value(),
+        timeout=settings.timeout,
+        retry_budget=settings.retry_budget,
+    )
+
+
+def oauth_transport(settings: AuthSecSettings, store: TokenStore | None = None) -> Transport:
+    """The OAuth transport of ``AUTHSEC_MODE=oauth``; with ``AUTHSEC_OAUTH_REFRESH_TOKEN``
+    it spends a refresh-token chain kept in ``store`` (shared by the fleet), or in this
+    process when there is none."""
+    from .stores.chain import LocalRefreshChain, SharedRefreshChain
+    from .transports.oauth import OAuthTransport, RefreshChain
+
+    if settings.client_id is None:  # pragma: no cover - the settings refused this already
+        raise ConfigurationError(f"{env_var('client_id')} is not set")
+    secret, key_pem, refresh_token = settings.oauth_secrets()
+    chain: RefreshChain | None = None
+    if refresh_token is not None:
+        issuer = settings.oauth_issuer or f"resource:{settings.resource}"
+        # The chain's lease must outlive one grant, retries included.
+        lease = max(settings.retry_budget, settings.timeout) + 5.0
+        chain = (
+            LocalRefreshChain(refresh_token)
+            if store is None
+            else SharedRefreshChain(
+                refresh_token,
+                store,
+                issuer=issuer,
+                client_id=settings.client_id,
+                lease_seconds=max(lease, store.lease_seconds),
+            )
+        )
+    return OAuthTransport(
+        client_id=settings.client_id,
+        issuer=settings.oauth_issuer,
+        resource=settings.resource,
+        client_secret=secret,
+        private_key=key_pem,
+        key_id=settings.client_key_id,
+        auth_method=settings.oauth_auth_method,
+        refresh_chain=chain,
+        verify_access_tokens=settings.verify,
+        leeway=settings.verify_leeway,
         timeout=settings.timeout,
         retry_budget=settings.retry_budget,
     )
@@ -152,10 +200,15 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
     """
     from .broker import TokenBroker
 
-    chosen = transport if transport is not None else build_transport(settings)
-    # A transport on its own clock (a recorded session) lives on its own time:
-    # its tokens are never shared with other processes.
-    own_time = chosen.info.clock is not None
+    if transport is None and settings.resolved_mode == "oauth":
+        # The fleet's refresh-token chain lives in the store its tokens are shared in.
+        store = build_store(settings)
+        chosen = oauth_transport(settings, store)
+    else:
+        chosen = transport if transport is not None else build_transport(settings)
+        # A transport on its own clock (a recorded session) lives on its own time:
+        # its tokens are never shared with other processes.
+        store = None if chosen.info.clock is not None else build_store(settings)
     return TokenBroker(
         chosen,
         client_id=client_id_for(settings, chosen),
@@ -164,7 +217,7 @@ def build_broker(settings: AuthSecSettings, transport: Transport | None = None) 
         verify=settings.verify,
         verify_leeway=settings.verify_leeway,
         clock=chosen.info.clock or time.time,
-        store=None if own_time else build_store(settings),
+        store=store,
     )
 
 

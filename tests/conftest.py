@@ -12,6 +12,8 @@ import structlog
 
 from authsec_crewai import wiring
 
+pytest_plugins = ["oauthkit"]  # the test OAuth server's fixtures (tests/oauthkit.py)
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -51,10 +51,15 @@ class AgentState:
         "grants",
         "grants_issued",
         "grants_until",
+        "whole_grant",
     )
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, *, whole_grant: bool = True) -> None:
         self.client_id = client_id
+        # AuthSec hands the whole delegation in every token, so one token's scopes
+        # are what the agent may ever get; an OAuth server's answer scopes only
+        # the request it answered, and says nothing of the rest.
+        self.whole_grant = whole_grant
         self.cache = TokenCache()
         self.flights: dict[TokenRequest, Flight] = {}
         self.failures = FailureMemory()
@@ -78,9 +83,9 @@ class AgentState:
 
     def learn_grants(self, token: DelegationToken) -> None:
         """What ``token`` grants is now what the delegation grants, unless a newer token
-        said otherwise."""
+        said otherwise (only where a token carries the whole grant)."""
         issued = token.issued_at.timestamp()
-        if issued >= self.grants_issued:
+        if self.whole_grant and issued >= self.grants_issued:
             self.grants, self.grants_until = token.permissions, token.expires_at_ts
             self.grants_issued = issued
 
@@ -117,14 +122,24 @@ def not_granted(permissions: frozenset[str], request: TokenRequest) -> errors.Sc
 class AgentRegistry:
     """The broker's agents by client id, each made on first use (its id checked once)."""
 
-    __slots__ = ("_agents", "_lock", "default")
+    __slots__ = ("_agents", "_lock", "_opaque_ids", "_whole_grant", "default")
 
-    def __init__(self, lock: threading.Lock, default: str | None) -> None:
+    def __init__(
+        self,
+        lock: threading.Lock,
+        default: str | None,
+        *,
+        opaque_ids: bool = False,
+        whole_grant: bool = True,
+    ) -> None:
         self._lock = lock
+        self._opaque_ids = opaque_ids  # the transport's client ids are opaque (OAuth)
+        self._whole_grant = whole_grant
         self._agents: dict[str, AgentState] = {}
         self.default: AgentState | None = None
         if default is not None:
-            self.default = self._agents[check_client_id(default)] = AgentState(default)
+            checked = check_client_id(default, opaque=opaque_ids)
+            self.default = self._agents[checked] = AgentState(checked, whole_grant=whole_grant)
 
     def __iter__(self) -> Iterator[AgentState]:
         return iter(list(self._agents.values()))
@@ -140,14 +155,16 @@ class AgentRegistry:
         """The state of agent ``client_id``, made on first use."""
         agent = self._agents.get(client_id)
         if agent is None:
-            check_client_id(client_id)
+            check_client_id(client_id, opaque=self._opaque_ids)
             with self._lock:
-                agent = self._agents.setdefault(client_id, AgentState(client_id))
+                agent = self._agents.setdefault(
+                    client_id, AgentState(client_id, whole_grant=self._whole_grant)
+                )
         return agent
 
     def find(self, client_id: str) -> AgentState | None:
         """The agent if the broker has served it; its id is checked either way."""
         agent = self._agents.get(client_id)
         if agent is None:
-            check_client_id(client_id)
+            check_client_id(client_id, opaque=self._opaque_ids)
         return agent

@@ -101,15 +101,22 @@ class TokenCache:
     # --- requests -------------------------------------------------------------------------
 
     def request(
-        self, client_id: str, scopes: ScopesLike, audience: tuple[str, ...]
+        self,
+        client_id: str,
+        scopes: ScopesLike,
+        audience: tuple[str, ...],
+        issuer: str | None = None,
     ) -> TokenRequest:
-        """The canonical request for ``scopes`` (remembered per asked form; no lock needed)."""
+        """The canonical request for ``scopes`` (remembered per asked form; no lock needed).
+
+        ``audience`` and ``issuer`` are the broker's, fixed for its life: they
+        need not be part of the remembered form."""
         key = memo_key(scopes)
         if key is not None:
             found = self.requests.get(key)
             if found is not None:
                 return found
-        request = TokenRequest.create(client_id, scopes, audience)
+        request = TokenRequest.create(client_id, scopes, audience, issuer=issuer)
         if key is not None:
             if len(self.requests) >= MEMO_LIMIT:
                 self.requests.clear()

@@ -86,11 +86,19 @@ class TokenBroker:
         rng: random.Random | None = None,
         store: TokenStore | None = None,
     ) -> None:
+        info = transport.info
         self._lock = threading.Lock()
-        self._agents = AgentRegistry(self._lock, client_id)
+        self._agents = AgentRegistry(
+            self._lock,
+            client_id,
+            opaque_ids=info.client_ids == "opaque",
+            whole_grant=info.whole_grant,
+        )
         self.transport = transport
         self.client_id = client_id
         self.audience = (audience,) if isinstance(audience, str) else tuple(audience)
+        self.audience = self.audience or info.audience  # a resource the transport is for
+        self._issuer = info.issuer  # part of every key: two servers' tokens never mix
         self.policy = policy or RefreshPolicy()
         self._verify = verify
         self._verify_leeway = verify_leeway
@@ -132,7 +140,7 @@ class TokenBroker:
     async def __aenter__(self) -> Self:
         if self._flights.tg is not None or self._closed:
             raise errors.BrokerClosedError("a TokenBroker can be entered only once")
-        if self._verify:
+        if self._verify and not self.transport.info.verifies_tokens:
             from ..verify import TokenVerifier
 
             self._verifier = TokenVerifier(
@@ -327,7 +335,7 @@ class TokenBroker:
         state = self._default if agent is None else self._agents.get(agent)
         if state is None:
             raise self._no_default()
-        return state.cache.request(state.client_id, scopes, self.audience)
+        return state.cache.request(state.client_id, scopes, self.audience, self._issuer)
 
     # --- agents -------------------------------------------------------------------------
 
@@ -366,12 +374,12 @@ class TokenBroker:
         return hit if hit is not None else self._cached_locked(agent, scopes)
 
     async def _serve(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken:
-        request = agent.cache.request(agent.client_id, scopes, self.audience)
+        request = agent.cache.request(agent.client_id, scopes, self.audience, self._issuer)
         return await self._serve_or_wait(agent, request, scopes)
 
     def _cached_locked(self, agent: AgentState, scopes: ScopesLike) -> DelegationToken | None:
         """A cached token that needs the lock to serve (first seen, ADVISORY, MANDATORY)."""
-        request = agent.cache.request(agent.client_id, scopes, self.audience)
+        request = agent.cache.request(agent.client_id, scopes, self.audience, self._issuer)
         with self._lock:
             served = self._serve_locked(agent, request, scopes, self._clock(), self._monotonic())
         return None if served is None else self._served(agent, request, *served)

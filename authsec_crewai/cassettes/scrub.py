@@ -126,6 +126,16 @@ class Scrubber:
         self.secrets: frozenset[str] = frozenset(cleaned)
         self._secret_pairs = [(s, REDACTION_MARKER) for s in sorted(cleaned, key=len, reverse=True)]
 
+    def add_secret(self, secret: str) -> None:
+        """One more value that must never be written (an opaque access token met
+        while recording): masked from here on, and scanned for before writing."""
+        if len(secret) < 4 or secret in self.secrets:
+            return
+        self.secrets = self.secrets | {secret}
+        self._secret_pairs = [
+            (s, REDACTION_MARKER) for s in sorted(self.secrets, key=len, reverse=True)
+        ]
+
     # forward: what the transport saw -> what the cassette holds
 
     def text(self, text: str) -> str:

@@ -145,10 +145,17 @@ class TokenStore(Protocol):
 # --- names -----------------------------------------------------------------------------
 
 
+def _issued_by(request: TokenRequest) -> list[str]:
+    """The issuer's part of a key: nothing for AuthSec's one issuer (so the names of
+    entries written before issuers were part of keys stay the same), else the issuer."""
+    return [] if request.issuer is None else [request.issuer]
+
+
 def cache_identity(request: TokenRequest) -> bytes:
-    """The cache key as bytes: what a stored value is bound to."""
+    """The cache key as bytes (issuer, agent, audience, scopes): what a stored value is
+    bound to, so a token of one issuer, tenant, client or resource never opens as another's."""
     return json.dumps(
-        [request.client_id, sorted(request.audience), sorted(request.scopes)],
+        [request.client_id, sorted(request.audience), sorted(request.scopes), *_issued_by(request)],
         separators=(",", ":"),
     ).encode()
 
@@ -156,7 +163,8 @@ def cache_identity(request: TokenRequest) -> bytes:
 def agent_identity(request: TokenRequest) -> bytes:
     """The agent and audience without a scope set: what the agent's latest token is bound to."""
     return json.dumps(
-        [request.client_id, sorted(request.audience), "*"], separators=(",", ":")
+        [request.client_id, sorted(request.audience), "*", *_issued_by(request)],
+        separators=(",", ":"),
     ).encode()
 
 

@@ -6,6 +6,10 @@ and ``httpx.MockTransport`` are for theirs).
   app, with :class:`MockFaults` of :class:`Fault` to inject failures;
 - :class:`LoopbackServer`: uvicorn serving an app on 127.0.0.1, so the live
   transport is exercised over a real socket;
+- :class:`OAuthAuthority`, :func:`create_oauth_app` and :class:`OAuthTestServer`: a
+  strict OAuth 2.0 authorization server (RFC 8414 metadata, client credentials, the
+  three client authentication methods, rotating refresh tokens with reuse detection)
+  and a protected resource with RFC 9728 metadata, on 127.0.0.1;
 - :class:`DripServer`: a raw socket server on 127.0.0.1 that drips its answer,
   headers included, one byte at a time (what uvicorn cannot do);
 - :func:`block_network`: make every real network connection fail while a
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
         RecordedRequest,
         create_app,
     )
+    from .oauth_authority import GrantRecord, OAuthAuthority, OAuthClient
+    from .oauthserver import OAuthTestServer, create_oauth_app, oauth_error
     from .pytest_plugin import AuthSecCassetteWarning, CassetteSpec
 
 __all__ = [
@@ -51,13 +57,19 @@ __all__ = [
     "CassetteSpec",
     "DripServer",
     "Fault",
+    "GrantRecord",
     "LoopbackServer",
     "MockAuthority",
     "MockFaults",
     "NetworkBlockedError",
+    "OAuthAuthority",
+    "OAuthClient",
+    "OAuthTestServer",
     "RecordedRequest",
     "block_network",
     "create_app",
+    "create_oauth_app",
+    "oauth_error",
 ]
 
 _WHERE = {
@@ -74,6 +86,12 @@ _WHERE = {
     "MockFaults": ".mockserver",
     "RecordedRequest": ".mockserver",
     "create_app": ".mockserver",
+    "GrantRecord": ".oauth_authority",
+    "OAuthAuthority": ".oauth_authority",
+    "OAuthClient": ".oauth_authority",
+    "OAuthTestServer": ".oauthserver",
+    "create_oauth_app": ".oauthserver",
+    "oauth_error": ".oauthserver",
     "AuthSecCassetteWarning": ".pytest_plugin",
     "CassetteSpec": ".pytest_plugin",
 }

@@ -1,4 +1,5 @@
-"""Transports: live (the AuthSec server), mock (in process), record and replay.
+"""Transports: live (the AuthSec server), oauth (any OAuth 2.0 server), mock (in
+process), record and replay.
 
 Names are imported lazily so that ``import authsec_crewai.transports`` stays
 cheap and a mode only loads what it uses.
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from .base import KeySet, Transport, TransportInfo
     from .live import LiveTransport
     from .mock import MockTransport
+    from .oauth import OAuthTransport, RefreshChain
     from .record import RecordingTransport
     from .replay import ReplayTransport, open_cassette_transport
 
@@ -21,7 +23,9 @@ __all__ = [
     "KeySet",
     "LiveTransport",
     "MockTransport",
+    "OAuthTransport",
     "RecordingTransport",
+    "RefreshChain",
     "ReplayTransport",
     "Transport",
     "TransportInfo",
@@ -34,6 +38,8 @@ _WHERE = {
     "TransportInfo": ".base",
     "LiveTransport": ".live",
     "MockTransport": ".mock",
+    "OAuthTransport": ".oauth",
+    "RefreshChain": ".oauth",
     "RecordingTransport": ".record",
     "ReplayTransport": ".replay",
     "open_cassette_transport": ".replay",

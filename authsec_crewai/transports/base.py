@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -73,12 +73,31 @@ class TransportInfo:
     secrets: tuple[str, ...] = ()
     """Secrets it holds (an API token) that must be scrubbed from anything it reports
     or records. Never shown: ``repr`` hides them."""
+    issuer: str | None = None
+    """Who issues its tokens (an OAuth issuer), when several could share one client id:
+    part of every cache key, so one issuer's or tenant's token never serves another."""
+    audience: tuple[str, ...] = ()
+    """The audience (RFC 8707 resources) its tokens are for when the broker names none:
+    the broker's default, so the resource is part of every cache key."""
+    client_ids: Literal["uuid", "opaque"] = "uuid"
+    """What a client id must look like: AuthSec agents are UUIDs; an OAuth client id
+    is any non-empty string."""
+    whole_grant: bool = True
+    """True when a token's permissions are everything the agent is granted (AuthSec's
+    delegation tokens), so the broker refuses a scope outside them without asking;
+    False when a token holds only the scopes asked for (OAuth's ``scope``)."""
+    verifies_tokens: bool = False
+    """True when ``fetch_token`` verifies what it returns by its source's own rules
+    (an OAuth access token against the issuer's ``jwks_uri``): the broker then adds
+    no verifier of AuthSec's delegation-token claims."""
 
     def __repr__(self) -> str:
         return (
             f"TransportInfo(mode={self.mode!r}, claims_only={self.claims_only}, "
             f"network_api={self.network_api}, base_url={self.base_url!r}, "
             f"api_base_url={self.api_base_url!r}, client_id={self.client_id!r}, "
+            f"issuer={self.issuer!r}, audience={self.audience!r}, client_ids={self.client_ids!r}, "
+            f"whole_grant={self.whole_grant}, verifies_tokens={self.verifies_tokens}, "
             f"secrets=<{len(self.secrets)}>)"
         )
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import anyio
 import httpx
@@ -216,19 +216,46 @@ class LiveTransport:
             headers["authorization"] = f"Bearer {self._api_token}"
         return headers
 
+    _server_name = "AuthSec"
+    """How messages name the server (a subclass speaking to another server renames it)."""
+    _url_setting = "AUTHSEC_BASE_URL"
+    """The setting a person fixes when the server's URL is wrong."""
+
     async def _get(
         self, path: str, params: dict[str, str], headers: dict[str, str], what: str
     ) -> tuple[int, bytes, httpx.Headers]:
-        """One GET: ``(status, capped body, headers)``; transport faults become typed.
+        """One GET under the base URL: ``(status, capped body, headers)``."""
+        return await self._exchange("GET", self.base_url + path, headers, what, params=params)
 
-        The whole exchange (connect, send, headers, body) must finish within
-        ``timeout``: httpx's own timeouts restart with every byte, so a server
-        that drips its answer would otherwise hold the caller forever.
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        what: str,
+        *,
+        params: dict[str, str] | None = None,
+        data: dict[str, str] | list[tuple[str, str]] | None = None,
+    ) -> tuple[int, bytes, httpx.Headers]:
+        """One request: ``(status, capped body, headers)``; transport faults become typed.
+
+        ``data`` is sent form-encoded. The whole exchange (connect, send,
+        headers, body) must finish within ``timeout``: httpx's own timeouts
+        restart with every byte, so a server that drips its answer would
+        otherwise hold the caller forever.
         """
-        url = self.base_url + path
+        server = self._server_name
         try:
             with anyio.fail_after(self.timeout):
-                async with self._http().stream("GET", url, params=params, headers=headers) as resp:
+                async with self._http().stream(
+                    method,
+                    url,
+                    params=params,
+                    content=None if data is None else urlencode(data).encode("ascii"),
+                    headers=headers
+                    if data is None
+                    else {**headers, "content-type": "application/x-www-form-urlencoded"},
+                ) as resp:
                     self._answered = True
                     limit = (
                         self.max_body_bytes if resp.status_code == 200 else _MAX_ERROR_BODY_BYTES
@@ -239,31 +266,31 @@ class LiveTransport:
                         if resp.status_code != 200:
                             return resp.status_code, b"", resp.headers
                         raise errors.InvalidTokenResponseError(
-                            f"AuthSec's {what} answer is larger than {self.max_body_bytes} "
-                            "bytes once decoded; refusing to read it (is AUTHSEC_BASE_URL "
-                            "pointing at AuthSec?)"
+                            f"{server}'s {what} answer is larger than {self.max_body_bytes} "
+                            f"bytes once decoded; refusing to read it (is {self._url_setting} "
+                            f"pointing at {server}?)"
                         ) from None
                     except BodyUndecodable as exc:
                         raise errors.InvalidTokenResponseError(
-                            f"AuthSec's {what} answer cannot be read ({exc})"
+                            f"{server}'s {what} answer cannot be read ({exc})"
                         ) from None
                     return resp.status_code, body, resp.headers
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.TransportTimeoutError(
-                f"AuthSec at {self.base_url} did not finish answering the {what} request "
+                f"{server} at {self.base_url} did not finish answering the {what} request "
                 f"within {self.timeout:g}s (AUTHSEC_TIMEOUT; {type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
             hopeless = None if self._answered else _never_reachable(exc)
             if hopeless:
                 raise errors.UnreachableError(
-                    f"could not talk to AuthSec at {self.base_url}: {hopeless}; "
-                    "check AUTHSEC_BASE_URL and the network (not retried: nothing there "
+                    f"could not talk to {server} at {self.base_url}: {hopeless}; "
+                    f"check {self._url_setting} and the network (not retried: nothing there "
                     "has ever answered)"
                 ) from None
             raise errors.TransportError(
-                f"could not talk to AuthSec at {self.base_url} ({type(exc).__name__}); "
-                "check AUTHSEC_BASE_URL and the network"
+                f"could not talk to {server} at {self.base_url} ({type(exc).__name__}); "
+                f"check {self._url_setting} and the network"
             ) from None
 
     def _wait(self, state: RetryCallState) -> float:
@@ -298,9 +325,15 @@ class LiveTransport:
     def _secrets(self) -> tuple[str, ...]:
         return (self._api_token,) if self._api_token else ()
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _with_retries(
+        self,
+        attempt: Callable[[], Awaitable[Any]],
+        what: str,
+        *,
+        worth_retrying: Callable[[BaseException], bool] = _worth_retrying,
+    ) -> Any:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_worth_retrying),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.retry_budget),
             wait=self._wait,
             sleep=self._sleep,
@@ -312,8 +345,8 @@ class LiveTransport:
                 return await retrying(attempt)
         except TimeoutError:
             raise errors.TransportTimeoutError(
-                f"AuthSec at {self.base_url} did not give a usable {what} answer within "
-                f"{self.deadline:g}s (AUTHSEC_RETRY_BUDGET, retries included)"
+                f"{self._server_name} at {self.base_url} did not give a usable {what} answer "
+                f"within {self.deadline:g}s (AUTHSEC_RETRY_BUDGET, retries included)"
             ) from None
 
     # --- the Transport protocol ---------------------------------------------------------

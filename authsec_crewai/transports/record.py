@@ -25,7 +25,14 @@ from .. import errors
 from .._capped import BodyTooLarge, BodyUndecodable, read_capped
 from ..cassettes import Interaction, RecordMode, Scrubber, ScrubHook
 from ..logging import get_logger
-from ._interactions import api_request, api_response, token_body, token_request
+from ._interactions import (
+    api_request,
+    api_response,
+    looks_like_jwt,
+    token_body,
+    token_request,
+    token_source,
+)
 from .base import TransportInfo
 
 if TYPE_CHECKING:
@@ -246,11 +253,14 @@ class RecordingTransport:
                 path=self.path,
                 kinds=("api",),
             )
-        settings = {
+        settings: dict[str, Any] = {
             "mode": inner_info.mode,
             "record_mode": record_mode,
             "base_url": fmt.strip_credentials(inner_info.base_url),
         }
+        source = token_source(inner_info)
+        if source is not None:
+            settings["token_source"] = self._scrubber.value(source)
 
         def make() -> _Session:
             return _Session(
@@ -288,6 +298,11 @@ class RecordingTransport:
             client_id=inner.client_id,
             clock=self.clock,
             secrets=tuple(sorted(self._scrubber.secrets)),
+            issuer=inner.issuer,
+            audience=inner.audience,
+            client_ids=inner.client_ids,
+            whole_grant=inner.whole_grant,
+            verifies_tokens=inner.verifies_tokens,
         )
 
     def __repr__(self) -> str:
@@ -304,8 +319,17 @@ class RecordingTransport:
             "token",
             record,
             lambda: self.inner.fetch_token(request),
-            lambda token: self._scrubber.value(token_body(token)),
+            self._token_answer,
         )
+
+    def _token_answer(self, token: DelegationToken) -> Any:
+        if not looks_like_jwt(token.value):
+            # An opaque token cannot be redacted by its shape: it is masked wherever it
+            # appears (an API echoing it) and scanned for before the file is written.
+            self._scrubber.add_secret(token.value)
+            with self._session.lock:
+                self._session.secrets.add(token.value)
+        return self._scrubber.value(token_body(token))
 
     async def fetch_key_set(self, tenant_id: str | None) -> KeySet | None:
         record = {"tenant_id": None if tenant_id is None else self._scrubber.text(tenant_id)}

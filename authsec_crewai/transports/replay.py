@@ -118,12 +118,29 @@ class ReplayTransport:
     @property
     def info(self) -> TransportInfo:
         """Replay: claims-only verification, the cassette's clock and recorded facts."""
+        source = self.cassette.settings.get("token_source")
+        if not isinstance(source, dict):
+            return TransportInfo(
+                mode="replay",
+                claims_only=True,
+                api_base_url=self.api_base_url,
+                client_id=self.client_id,
+                clock=self.clock,
+            )
+        # A recorded OAuth session: the same cache keys and client-id rule as when it
+        # was recorded; its tokens' claims were checked by the recording transport.
+        restore = self._scrubber.restore_text
         return TransportInfo(
             mode="replay",
             claims_only=True,
             api_base_url=self.api_base_url,
             client_id=self.client_id,
             clock=self.clock,
+            issuer=restore(str(source.get("issuer"))),
+            audience=tuple(restore(str(a)) for a in source.get("audience") or ()),
+            client_ids="opaque" if source.get("client_ids") == "opaque" else "uuid",
+            whole_grant=bool(source.get("whole_grant", True)),
+            verifies_tokens=bool(source.get("verifies_tokens", False)),
         )
 
     def __repr__(self) -> str:
