@@ -42,7 +42,7 @@ import anyio
 import anyio.to_thread
 
 from . import telemetry
-from .doctor import Check, safe
+from .checks import Check, safe
 from .logging import HTTP_LOGGERS
 
 __all__ = ["run_canary"]

@@ -26,10 +26,10 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -38,9 +38,9 @@ import httpx
 from . import _secrets
 from ._capped import BodyTooLarge, BodyUndecodable, read_capped
 from ._version import __version__
+from .checks import EXIT_CONFIGURATION, EXIT_FAILED, EXIT_OK, Check, Report, Status, safe
 from .errors import AuthSecError, ConfigurationError
 from .logging import ensure_http_log_filter
-from .redact import redact_credentials
 from .settings import AuthSecSettings, env_var
 
 __all__ = [
@@ -62,69 +62,10 @@ __all__ = [
     "token_server_probe",
 ]
 
-EXIT_OK = 0
-"""Every check passed; warnings may have been shown."""
-EXIT_FAILED = 1
-"""A check failed: a server is unreachable, a clock is off, a store is unreadable, a leak."""
-EXIT_CONFIGURATION = 2
-"""The configuration is wrong (settings that do not resolve, a malformed store key)."""
-
-Status = Literal["ok", "warn", "fail", "skip"]
-
 SKEW_WARN_SECONDS = 5.0
 """A clock further off than this is reported, before it is far enough off to fail."""
 _MAX_PROBE_BODY = 64 * 1024
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One result: what was checked, how it went, one line for a person, facts for scripts."""
-
-    name: str
-    status: Status
-    summary: str
-    details: Mapping[str, Any] = field(default_factory=dict)
-    configuration: bool = False
-    """A failure of the configuration itself (exit status 2, not 1)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "summary": self.summary,
-            "details": dict(self.details),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """Every check of one run, and the exit status they add up to."""
-
-    checks: tuple[Check, ...]
-
-    @property
-    def exit_code(self) -> int:
-        failed = [check for check in self.checks if check.status == "fail"]
-        if any(check.configuration for check in failed):
-            return EXIT_CONFIGURATION
-        return EXIT_FAILED if failed else EXIT_OK
-
-    def to_dict(self) -> dict[str, Any]:
-        counts = Counter(check.status for check in self.checks)
-        return {
-            "version": __version__,
-            "ok": self.exit_code == EXIT_OK,
-            "exit_code": self.exit_code,
-            "counts": {status: counts.get(status, 0) for status in ("ok", "warn", "fail", "skip")},
-            "checks": [check.to_dict() for check in self.checks],
-        }
-
-
-def safe(text: object) -> str:
-    """``text`` on one line, with every secret the process holds and every credential masked."""
-    flat = " ".join(str(text).split())
-    return redact_credentials(_secrets.scrub(flat))
 
 
 # --- settings ---------------------------------------------------------------------------
