@@ -10,6 +10,7 @@ call carried.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from crewai import Agent, BaseLLM, Crew, Task
 from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fixtures)
 from joserfc.jwk import RSAKey
+from structlog.testing import capture_logs
 
 from authsec_crewai import SyncTokenBroker
 from authsec_crewai.demo import observed_results
@@ -107,17 +109,29 @@ def test_answers_are_scrubbed_capped_and_failures_are_json(
 
 @pytest.mark.anyio
 async def test_the_async_tool_on_asyncio_and_trio_refetches_once_after_a_refusal(
-    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+    mcp_server: MCPTestServer,
+    brokers: dict[str, SyncTokenBroker],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-auditor"], scopes=SCOPE)
-    tools = {tool.name: tool for tool in await server.atools()}
-    first = json.loads(await tools["whoami"]._arun())
-    before = mcp_server.token_requests
-    mcp_server.forget_tokens()
-    second = json.loads(await tools["lookup_record"]._arun(record_id="r-9"))
+    broker = brokers["agent-auditor"]
+    server = MCPServer(mcp_server.mcp_url, broker=broker, scopes=SCOPE)
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as events:
+        tools = {tool.name: tool for tool in await server.atools()}
+        first = json.loads(await tools["whoami"]._arun())
+        tokens = [broker.token(SCOPE).value]
+        before = mcp_server.token_requests
+        mcp_server.forget_tokens()
+        second = json.loads(await tools["lookup_record"]._arun(record_id="r-9"))
+        tokens.append(broker.token(SCOPE).value)
     assert first["status"] == second["status"] == "ok"
     assert json.loads(second["data"]["result"])["reader"] == "agent-auditor"
     assert mcp_server.token_requests == before + 1
+    assert tokens[0] != tokens[1]
+    logged = repr(events) + caplog.text
+    assert "HTTP Request: POST" in caplog.text  # the HTTP stack logged: the search means something
+    for token in tokens:  # no token in any log line, the library's or the HTTP stack's
+        assert token not in logged and token.rsplit(".", 1)[0] not in logged
 
 
 class RecordReader(BaseLLM):
