@@ -219,3 +219,36 @@ def test_a_crew_of_two_identities_calls_mcp_tools_and_outlives_a_forgetful_autho
     analyst, auditor = by_agent["agent-analyst"], by_agent["agent-auditor"]
     assert len(analyst) == len(auditor) == 2  # a fresh token after the authority forgot
     assert not analyst & auditor  # two identities never share a token
+
+
+def test_assign_identities_gives_each_agent_its_own_mcp_identity() -> None:
+    """By role, as for the fetch tool; an identity given explicitly is kept."""
+    import uuid
+
+    from mcp import types
+
+    from authsec_crewai import errors
+    from authsec_crewai.tools import assign_identities
+    from authsec_crewai.transports import MockTransport
+
+    analyst, auditor, fixed = (str(uuid.uuid4()) for _ in range(3))
+    declared = types.Tool(name="whoami", inputSchema={"type": "object", "properties": {}})
+    with SyncTokenBroker(MockTransport(), client_id=fixed) as broker:
+        shared = MCPServer("http://127.0.0.1:9/mcp", broker=broker, scopes="read:records")
+        pinned = MCPServer(
+            "http://127.0.0.1:9/mcp", broker=broker, scopes="read:records", client_id=fixed
+        )
+        members = [
+            Agent(role=role, goal="g", backstory="b", tools=[MCPTool.from_mcp(shared, declared)])
+            for role in ("Analyst", "Auditor")
+        ]
+        members[1].tools.append(MCPTool.from_mcp(pinned, declared))
+        assign_identities(members, agents={"analyst": analyst, "auditor": auditor})
+        ids = [[tool.server.client_id for tool in member.tools] for member in members]
+        assert ids == [[analyst], [auditor, fixed]]
+        assert shared.client_id is None  # the original is untouched: copies act as agents
+        stranger = Agent(
+            role="Stranger", goal="g", backstory="b", tools=[MCPTool.from_mcp(shared, declared)]
+        )
+        with pytest.raises(errors.ConfigurationError, match="Stranger"):
+            assign_identities([stranger], agents={"analyst": analyst})

@@ -101,6 +101,8 @@ class MCPServer:
         self.url = url
         self.timeout = timeout
         self._binding = ToolBinding.create(settings=settings, broker=broker, client_id=client_id)
+        self.explicit_identity = client_id is not None
+        """Whether ``client_id=`` named the agent (``assign_identities`` then keeps it)."""
         self.max_result_bytes = (
             max_result_bytes
             if max_result_bytes is not None
@@ -115,7 +117,13 @@ class MCPServer:
         copy = object.__new__(MCPServer)
         copy.__dict__.update(self.__dict__)
         copy._binding = self._binding.as_agent(client_id)
+        copy.explicit_identity = True
         return copy
+
+    @property
+    def settings(self) -> AuthSecSettings:
+        """The configuration: policy (the result cap), and the broker's if shared."""
+        return self._binding.settings
 
     @property
     def client_id(self) -> str | None:
@@ -311,6 +319,18 @@ class MCPTool(BaseTool):
         copy._server = self._server.for_agent(client_id)
         copy._tool = self._tool
         return copy
+
+    def assign_identity(self, agent: Any, *, agents: Mapping[str, str] | None = None) -> MCPTool:
+        """This tool acting as ``agent`` (a CrewAI agent or its role), by role from
+        ``agents`` or ``AUTHSEC_AGENTS``, unless its server was given ``client_id=``.
+
+        What :func:`authsec_crewai.tools.assign_identities` calls for each agent.
+        """
+        if self._server.explicit_identity:
+            return self
+        from ..tools import client_id_for_agent
+
+        return self.for_agent(client_id_for_agent(agent, self._server.settings, agents))
 
     @property
     def server(self) -> MCPServer:
