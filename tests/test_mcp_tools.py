@@ -252,3 +252,38 @@ def test_assign_identities_gives_each_agent_its_own_mcp_identity() -> None:
         )
         with pytest.raises(errors.ConfigurationError, match="Stranger"):
             assign_identities([stranger], agents={"analyst": analyst})
+
+
+def test_no_token_in_any_span_of_an_mcp_call(
+    mcp_server: MCPTestServer,
+    brokers: dict[str, SyncTokenBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from authsec_crewai import telemetry
+
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # crewkit quiets the SDK
+    exporter = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.instrument(tracer_provider=tracers)
+    broker = brokers["agent-analyst"]
+    try:
+        answer = json.loads(_tools(mcp_server, broker)["echo_token"]._run())
+        token = broker.token(SCOPE)
+    finally:
+        telemetry.instrument()
+        tracers.shutdown()
+    spans = exporter.get_finished_spans()
+    calls = [s for s in spans if s.name == "authsec.api.call"]
+    assert answer["status"] == "ok" and calls  # every MCP request had a span
+    dump = "\n".join(
+        json.dumps(dict(s.attributes or {}))
+        + json.dumps([dict(e.attributes or {}) for e in s.events])
+        for s in spans
+    )
+    for part in token.value.split("."):
+        assert part not in dump
