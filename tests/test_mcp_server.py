@@ -255,3 +255,18 @@ def test_http_only_on_loopback() -> None:
     )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --host '0.0.0.0' is not a loopback address")
+
+
+def test_a_broken_configuration_stops_before_any_host_connects() -> None:
+    result = CliRunner().invoke(main, ["serve-mcp"], env={"AUTHSEC_MODE": "live"}, input="")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: AUTHSEC_BASE_URL is not set")
+    assert result.stdout == ""  # nothing on the protocol channel
+
+
+def test_serve_mcp_has_help() -> None:
+    result = CliRunner().invoke(main, ["serve-mcp", "--help"])
+    assert result.exit_code == 0
+    for text in ("authsec_secure_vault_fetcher", "--http", "standard error", "AUTHSEC_"):
+        assert text in result.output
