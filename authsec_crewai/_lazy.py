@@ -21,6 +21,7 @@ EXTRAS: Final[Mapping[str, frozenset[str]]] = {
     "cli": frozenset({"click", "rich", "uvicorn"}),
     "httpx2": frozenset({"httpx2", "httpcore2"}),
     "langchain": frozenset({"langchain_core"}),
+    "mcp": frozenset({"mcp"}),
     "otel": frozenset({"opentelemetry.sdk"}),
     "openai-agents": frozenset({"agents", "openai"}),
     "pydantic-ai": frozenset({"pydantic_ai"}),

@@ -298,6 +298,12 @@ class ToolBinding:
         self.get()
         return self._agent
 
+    def identity(self) -> str | None:
+        """The client id this binding's tokens are asked as, without building a fetcher
+        (for clients other than the fetcher, such as MCP sessions, which need no API
+        origin). None: the default agent of a broker you own."""
+        return self._agent_for(self.runtime().broker)
+
     def _agent_for(self, broker: TokenBroker) -> str | None:
         """Who this tool is: never whoever happened to create the shared broker.
 

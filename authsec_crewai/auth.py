@@ -52,7 +52,13 @@ class BrokerAuthFlow:
 
     requires_request_body = True
 
-    def __init__(self, broker: TokenBroker | SyncTokenBroker, scopes: ScopesLike) -> None:
+    def __init__(
+        self,
+        broker: TokenBroker | SyncTokenBroker,
+        scopes: ScopesLike,
+        *,
+        agent: str | None = None,
+    ) -> None:
         if not isinstance(broker, TokenBroker | SyncTokenBroker):
             raise ConfigurationError(
                 f"{type(self).__name__} needs a TokenBroker or SyncTokenBroker, "
@@ -70,9 +76,14 @@ class BrokerAuthFlow:
         self._sync = broker if isinstance(broker, SyncTokenBroker) else None
         self.broker = broker.broker if isinstance(broker, SyncTokenBroker) else broker
         self.mode = self.broker.transport.info.mode
+        self.agent = agent
+        """The agent whose tokens are sent (None: the broker's default agent), so one
+        broker serves the clients of many agents, each with its own identity."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(scopes={sorted(self.scopes)!r}, broker={self.broker!r})"
+        agent = "" if self.agent is None else f", agent={self.agent!r}"
+        scopes = sorted(self.scopes)
+        return f"{type(self).__name__}(scopes={scopes!r}{agent}, broker={self.broker!r})"
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         sync = self._sync
@@ -82,26 +93,30 @@ class BrokerAuthFlow:
                 "a TokenBroker serves async clients (AsyncClient)"
             )
         theirs = request.extensions.get("trace")
-        sent = _SendTime(self, sync.token(self._scope_text), theirs, blocking=True)
+        sent = _SendTime(
+            self, sync.token(self._scope_text, agent=self.agent), theirs, blocking=True
+        )
         with _traced(request, sent.token, self.mode) as answer:
             response = yield _authorized(request, sent)
             answer.append(response.status_code)
         if response.status_code == 401:
             self.broker.invalidate(sent.token)
-            sent = _SendTime(self, sync.token(self._scope_text), theirs, blocking=True)
+            sent = _SendTime(
+                self, sync.token(self._scope_text, agent=self.agent), theirs, blocking=True
+            )
             with _traced(request, sent.token, self.mode) as answer:
                 response = yield _authorized(request, sent)
                 answer.append(response.status_code)
 
     async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         theirs = request.extensions.get("trace")
-        sent = _SendTime(self, await self.broker.token(self._scope_text), theirs)
+        sent = _SendTime(self, await self.broker.token(self._scope_text, self.agent), theirs)
         with _traced(request, sent.token, self.mode) as answer:
             response = yield _authorized(request, sent)
             answer.append(response.status_code)
         if response.status_code == 401:
             self.broker.invalidate(sent.token)
-            sent = _SendTime(self, await self.broker.token(self._scope_text), theirs)
+            sent = _SendTime(self, await self.broker.token(self._scope_text, self.agent), theirs)
             with _traced(request, sent.token, self.mode) as answer:
                 response = yield _authorized(request, sent)
                 answer.append(response.status_code)
@@ -147,7 +162,9 @@ class _SendTime:
             slot = self._slot(info)
             if slot is not None:
                 with suppress(AuthSecError):  # no fresher token: send the one taken (then 401)
-                    self._swap(slot, self.auth._sync.token(self.auth._scope_text))
+                    self._swap(
+                        slot, self.auth._sync.token(self.auth._scope_text, agent=self.auth.agent)
+                    )
         if self.theirs is not None:
             return self.theirs(event, info)
         return None
@@ -157,7 +174,9 @@ class _SendTime:
             slot = self._slot(info)
             if slot is not None:
                 with suppress(AuthSecError):
-                    self._swap(slot, await self.auth.broker.token(self.auth._scope_text))
+                    self._swap(
+                        slot, await self.auth.broker.token(self.auth._scope_text, self.auth.agent)
+                    )
         if self.theirs is not None:
             answer = self.theirs(event, info)
             if inspect.isawaitable(answer):

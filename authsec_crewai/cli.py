@@ -416,6 +416,89 @@ def serve_mock(
         sock.close()
 
 
+# --- serve-mcp ---------------------------------------------------------------------------------
+
+
+@main.command("serve-mcp")
+@click.option(
+    "--http",
+    "over_http",
+    is_flag=True,
+    help="Serve streamable HTTP on loopback (at /mcp) instead of standard input and output.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="With --http: the TCP port; 0 picks a free one.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="With --http: the loopback address to listen on (the server spends this "
+    "process's delegated tokens for whoever reaches it).",
+)
+@friendly_errors
+def serve_mcp(over_http: bool, port: int, host: str) -> None:
+    """Serve the secure fetch tool to MCP hosts (Claude Desktop, IDE agents, any MCP client).
+
+    One tool, authsec_secure_vault_fetcher, with the CrewAI tool's guards,
+    allowlists, results and errors; the delegated tokens stay in this process
+    and never reach the host. The agent's identity and policy come from the
+    AUTHSEC_* settings (AUTHSEC_CLIENT_ID, AUTHSEC_ALLOWED_SCOPES,
+    AUTHSEC_ALLOWED_ENDPOINTS, ...), as for every other command.
+
+    \b
+    By default it speaks MCP on standard input and output (what a host starts
+    as a subprocess): standard output carries nothing but the protocol, and
+    every log line goes to standard error. --http serves streamable HTTP on
+    http://127.0.0.1:PORT/mcp instead (its address is printed on standard error).
+    """
+    import anyio
+
+    from ._toolruntime import ToolBinding, close_shared_brokers
+    from .settings import AuthSecSettings
+
+    if over_http and not _loopback(host):
+        raise ConfigurationFailed(
+            f"--host {host!r} is not a loopback address; the MCP server spends delegated "
+            "tokens for whoever reaches it, so it only listens on 127.0.0.1, ::1 or localhost"
+        )
+    # Without the mcp extra this is MissingExtraError: one line naming the extra.
+    from .integrations.mcp_server import MCP_PATH, create_http_app, create_server, serve_stdio
+
+    settings = AuthSecSettings()
+    server = create_server(ToolBinding.create(settings=settings))
+    if settings.auto_chose_mock:
+        click.echo(
+            "note: AUTHSEC_BASE_URL and AUTHSEC_CLIENT_ID are not both set, so the tool calls "
+            "the MOCK vault (set AUTHSEC_MODE=mock to silence this note)",
+            err=True,
+        )
+    try:
+        if not over_http:
+            anyio.run(serve_stdio, server)
+            return
+        import uvicorn
+
+        sock = _bind(host, port)
+        bound_port = sock.getsockname()[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        click.echo(f"MCP server on http://{shown_host}:{bound_port}{MCP_PATH}", err=True)
+        app = create_http_app(server, host=host, port=bound_port)
+        config = uvicorn.Config(
+            app, lifespan="on", interface="asgi3", log_level="warning", access_log=False
+        )
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+    finally:
+        close_shared_brokers()
+
+
 # --- record and cassette ------------------------------------------------------------------------
 
 

@@ -133,12 +133,7 @@ def assign_identities(crew: Any, *, agents: Mapping[str, str] | None = None) -> 
     """
 
     def bound(tools: Iterable[Any], agent: Any) -> list[Any]:
-        return [
-            tool.for_agent(agent, agents=agents)
-            if isinstance(tool, _SecureFetchTool) and tool._binding.client_id is None
-            else tool
-            for tool in tools
-        ]
+        return [_bound(tool, agent, agents) for tool in tools]
 
     members = getattr(crew, "agents", crew)
     for agent in members:
@@ -147,6 +142,31 @@ def assign_identities(crew: Any, *, agents: Mapping[str, str] | None = None) -> 
     for task in getattr(crew, "tasks", ()):
         if task.tools and task.agent is not None:
             task.tools = bound(task.tools, task.agent)
+
+
+def _bound(tool: Any, agent: Any, agents: Mapping[str, str] | None) -> Any:
+    """``tool`` acting as ``agent``, if it is an AuthSec tool without an explicit identity.
+
+    Other tools of this library that act for an agent (the MCP tools of
+    :mod:`authsec_crewai.integrations.mcp`) say so with an
+    ``assign_identity(agent, agents=...)`` method: this module cannot import
+    them (they need the ``mcp`` extra).
+    """
+    if isinstance(tool, _SecureFetchTool):
+        return tool.for_agent(agent, agents=agents) if tool._binding.client_id is None else tool
+    assign = getattr(tool, "assign_identity", None)
+    return assign(agent, agents=agents) if callable(assign) else tool
+
+
+def client_id_for_agent(
+    agent: Any, settings: AuthSecSettings, agents: Mapping[str, str] | None = None
+) -> str:
+    """The client id of ``agent`` (a CrewAI agent, or its role) by role, from ``agents``
+    or ``AUTHSEC_AGENTS``; a role with none is a ``ConfigurationError``."""
+    role = agent if isinstance(agent, str) else getattr(agent, "role", None)
+    if not isinstance(role, str):
+        raise TypeError(f"for_agent() takes a CrewAI agent or its role, not {type(agent)!r}")
+    return _client_id_for_role(role, settings, agents)
 
 
 # --- the tools ----------------------------------------------------------------------------------
@@ -214,10 +234,7 @@ class _SecureFetchTool(BaseTool):
         role with no client id is a ``ConfigurationError``: an agent never
         quietly borrows another identity. The copy shares this tool's broker.
         """
-        role = agent if isinstance(agent, str) else getattr(agent, "role", None)
-        if not isinstance(role, str):
-            raise TypeError(f"for_agent() takes a CrewAI agent or its role, not {type(agent)!r}")
-        client_id = _client_id_for_role(role, self.settings, agents)
+        client_id = client_id_for_agent(agent, self.settings, agents)
         copy = self.model_copy()
         copy._binding = self._binding.as_agent(client_id)
         return copy

@@ -6,6 +6,7 @@ refetches of many requests are one, counted at the server."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -57,6 +58,34 @@ async def test_an_async_client_sends_the_brokers_token(
         token = broker.cached_token("read:records")
     assert response.status_code == 200 and response.json()["count"] == 6
     assert token is not None and authorizations(authsec_server) == [f"Bearer {token.value}"]
+
+
+@pytest.mark.anyio
+async def test_agent_sends_that_agents_token_from_the_same_broker(
+    authsec_server: MockServer, client_id: str
+) -> None:
+    other = str(uuid.uuid4())
+    async with (
+        live_broker(authsec_server, client_id) as broker,
+        httpx.AsyncClient(
+            base_url=authsec_server.url, auth=BrokerAuth(broker, "read:records", agent=other)
+        ) as theirs,
+        httpx.AsyncClient(
+            base_url=authsec_server.url, auth=BrokerAuth(broker, "read:records")
+        ) as ours,
+    ):
+        assert (await theirs.get(RECORDS)).status_code == 200
+        assert (await ours.get(RECORDS)).status_code == 200
+        their_token = broker.cached_token("read:records", agent=other)
+        our_token = broker.cached_token("read:records")
+    assert their_token is not None and our_token is not None
+    assert their_token.client_id == other and our_token.client_id == client_id
+    assert authorizations(authsec_server) == [
+        f"Bearer {their_token.value}",
+        f"Bearer {our_token.value}",
+    ]
+    assert authsec_server.agent_counts[(other, RECORDS)] == 1
+    assert repr(BrokerAuth(broker, "read:records", agent=other)).count(other) == 1
 
 
 @dataclass(frozen=True)

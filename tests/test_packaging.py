@@ -136,6 +136,9 @@ def test_the_broker_and_broker_auth_work_without_any_extra() -> None:
         ("authsec_crewai.integrations.pydantic_ai", "pydantic-ai"),
         ("authsec_crewai.integrations.openai_agents", "openai-agents"),
         ("authsec_crewai.integrations.httpx2", "httpx2"),
+        ("authsec_crewai.integrations.mcp_server", "mcp"),
+        ("authsec_crewai.integrations.mcp", "mcp"),
+        ("authsec_crewai.testing.mcpserver", "cli"),  # LoopbackServer first, then mcp
         ("authsec_crewai.otel_scrub", "otel"),
     ],
 )

@@ -10,6 +10,9 @@ and ``httpx.MockTransport`` are for theirs).
   strict OAuth 2.0 authorization server (RFC 8414 metadata, client credentials, the
   three client authentication methods, rotating refresh tokens with reuse detection)
   and a protected resource with RFC 9728 metadata, on 127.0.0.1;
+- :class:`MCPTestServer`: a FastMCP server (the MCP SDK's, extra ``mcp``) that
+  accepts only live tokens the test authorization server issued for its own URL,
+  with RFC 9728 metadata, and that authorization server, on one loopback origin;
 - :class:`DripServer`: a raw socket server on 127.0.0.1 that drips its answer,
   headers included, one byte at a time (what uvicorn cannot do);
 - :func:`block_network`: make every real network connection fail while a
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from .authority import DEFAULT_PERMISSIONS, MockAuthority
     from .dripserver import DripServer
     from .loopback import LoopbackServer
+    from .mcpserver import MCPCall, MCPTestServer
     from .mockserver import (
         BUNDLE_PATH,
         TOKEN_PATH,
@@ -59,6 +63,8 @@ __all__ = [
     "Fault",
     "GrantRecord",
     "LoopbackServer",
+    "MCPCall",
+    "MCPTestServer",
     "MockAuthority",
     "MockFaults",
     "NetworkBlockedError",
@@ -79,6 +85,8 @@ _WHERE = {
     "MockAuthority": ".authority",
     "DripServer": ".dripserver",
     "LoopbackServer": ".loopback",
+    "MCPCall": ".mcpserver",
+    "MCPTestServer": ".mcpserver",
     "BUNDLE_PATH": ".mockserver",
     "TOKEN_PATH": ".mockserver",
     "VAULT_RESOURCES": ".mockserver",

@@ -59,10 +59,12 @@ class LoopbackServer:
     """uvicorn serving :attr:`app` on a free loopback port until :meth:`stop`.
 
     ``app`` may be swapped while the server runs: requests are dispatched to
-    whatever app is mounted when they arrive.
+    whatever app is mounted when they arrive. ``lifespan=True`` runs the app's
+    lifespan (start-up and shut-down) around the server, for apps that need
+    it (an MCP server's session manager); the app is then the one given here.
     """
 
-    def __init__(self, app: ASGIApp | None = None) -> None:
+    def __init__(self, app: ASGIApp | None = None, *, lifespan: bool = False) -> None:
         self.app = app
         self._sock = listening_socket()
         self.port: int = self._sock.getsockname()[1]
@@ -70,7 +72,7 @@ class LoopbackServer:
         self._ready = threading.Event()
         config = uvicorn.Config(
             self._dispatch,
-            lifespan="off",
+            lifespan="on" if lifespan else "off",
             interface="asgi3",
             log_level="warning",
             access_log=False,
