@@ -73,13 +73,24 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
     shared store (its URL and keys, hashed too). The agent (client id) is
     deliberately absent: one broker serves every agent,
     each with its own cache, so a process runs one broker however many
-    identities its tools act for. Per-tool policy (allowlists, methods, size
-    cap, API origin) is absent too: it does not change the tokens, only their use.
+    identities its tools act for, except in OAuth mode, where the transport
+    authenticates as one client (its secret or key): each client its own
+    broker. Per-tool policy (allowlists, methods, size cap, API origin) is
+    absent too: it does not change the tokens, only their use.
     """
     api_token = settings.api_token_value()
-    return (
+    oauth = settings.resolved_mode == "oauth" or bool(settings.oauth_issuer or settings.resource)
+    return (  # the first three say where tokens come from: a given transport replaces them
         settings.resolved_mode,
         settings.base_url,
+        _digest(
+            settings.client_id if oauth else None,
+            settings.oauth_issuer,
+            settings.resource,
+            *settings.oauth_secrets(),
+            settings.client_key_id,
+            settings.oauth_auth_method,
+        ),
         None if api_token is None else hashlib.sha256(api_token.encode()).hexdigest(),
         tuple(settings.audience),
         settings.verify,
@@ -95,6 +106,11 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
             settings.store_encryption,
             settings.store_timeout,
             settings.store_lease,
+            settings.store_required,
+            settings.store_tls_ca,
+            settings.store_tls_cert,
+            settings.store_tls_key,
+            settings.store_max_connections,
         ),
     )
 
@@ -365,7 +381,7 @@ class ToolBinding:
         if source is not None:
             transport = source
             return _shared_runtime(  # the transport decides the mode and server
-                ("transport", pid, id(transport), _settings_key(settings)[2:]),
+                ("transport", pid, id(transport), _settings_key(settings)[3:]),
                 lambda: BrokerThread(build_broker(settings, transport), owns_broker=True),
             )
         return _shared_runtime(

@@ -98,3 +98,24 @@ def test_a_runtime_closed_under_a_binding_is_replaced_on_the_next_call() -> None
     close_shared_brokers()
     assert ok(binding.call("secure-vault/records", "read:records"))
     assert binding.runtime() is not first and first.closed
+
+
+def test_oauth_clients_get_a_broker_each_while_authsec_agents_share_one() -> None:
+    """An OAuth transport authenticates as one client (its secret): a tool of another
+    client on that broker would ask with the wrong credentials. AuthSec agents share."""
+    oauth = {"mode": "oauth", "oauth_issuer": "https://as.example", "client_secret": "s" * 16}
+    first = ToolBinding.create(settings=AuthSecSettings(**oauth, client_id="crew-a"))
+    other_client = ToolBinding.create(settings=AuthSecSettings(**oauth, client_id="crew-b"))
+    other_secret = ToolBinding.create(
+        settings=AuthSecSettings(**{**oauth, "client_secret": "t" * 16}, client_id="crew-a")
+    )
+    runtimes = [b.runtime() for b in (first, other_client, other_secret)]
+    assert len({id(r) for r in runtimes}) == 3
+    assert [r.broker.client_id for r in runtimes] == ["crew-a", "crew-b", "crew-a"]
+    same = ToolBinding.create(settings=AuthSecSettings(**oauth, client_id="crew-a"))
+    assert same.runtime() is runtimes[0]
+    agents = [
+        ToolBinding.create(settings=AuthSecSettings(mode="mock", client_id=c))
+        for c in (CLIENT_ID, "0b9c4f3e-8a51-4d3e-9f0a-6c2e1d7b5a43")
+    ]
+    assert agents[0].runtime() is agents[1].runtime()
