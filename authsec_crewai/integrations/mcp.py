@@ -16,14 +16,29 @@ many calls coalesced into one.
   lists the server's tools; each becomes a CrewAI ``BaseTool`` with the MCP
   tool's name, description and arguments (its ``args_schema`` made from the
   tool's ``inputSchema``), sync (``_run``, what ``kickoff()`` calls in worker
-  threads) and async (``_arun``, asyncio or trio).
+  threads) and async (``_arun``, from asyncio or trio).
 - **Every agent its own identity.** ``client_id=`` (or
   :meth:`MCPServer.for_agent`) makes the calls as that agent on a broker that
   serves many (AuthSec delegation tokens); an OAuth client is one transport, so
   agents with OAuth identities each get an ``MCPServer`` on their own broker.
-- **A session per call.** Each call opens a streamable HTTP session, calls
-  the tool and closes the session, so nothing outlives the call and no
-  session is shared between agents or event loops.
+- **One session per server and agent, pooled on the broker runtime's loop.**
+  Opening a streamable HTTP session costs an ``initialize`` exchange (and a
+  DELETE to close it), so a session is opened once and reused: by every later
+  call, sync or async, and by concurrent calls, which share it (the client
+  multiplexes requests by id) or wait for its one opening. The MCP client's
+  task groups must be entered and left in one task, and the session must
+  outlive the call that opened it, so it lives in a task of the broker's
+  runtime (the event loop, on a thread of its own, where sync calls already
+  run); async calls (asyncio or trio) hop there and back. Sessions are keyed
+  by the server's URL, the agent, the scopes and the timeout: never shared
+  between agents, and on one loop only. A session the server answers 404 for
+  (it expired, the server restarted) or whose transport broke is dropped and
+  reopened once, transparently; a refusal of the request itself (a 401 even
+  with a fresh token, a 403, a 5xx) is the call's answer. The sessions close,
+  each with its DELETE, when the runtime closes: the shared broker's with
+  :func:`~authsec_crewai.tools.close_shared_brokers` (or at exit); for a
+  broker of yours (``broker=``), whose calls run on a runtime of its own, at
+  :func:`~authsec_crewai.tools.close_shared_brokers` too, or at exit.
 - **Results like the fetch tool's.** A success is ``{"status": "ok", "tool":
   ..., "data": ...}``; a tool error, a refusal or a failure is ``{"status":
   "error", "error": <kind>, "message": ..., "retryable": ...}`` that the model
@@ -496,7 +511,8 @@ class MCPTool(BaseTool):
     """One tool of an MCP server as a CrewAI tool; every call authorized by the broker.
 
     Made by :meth:`MCPServer.tools`. ``_run`` blocks (CrewAI's worker
-    threads); ``_arun`` awaits on the caller's loop. The arguments are checked
+    threads); ``_arun`` awaits on the caller's loop (asyncio or trio) while the
+    call runs on the broker runtime's, where the pooled session lives. The arguments are checked
     against the tool's schema first; a call that does not match it is answered
     ``invalid_arguments`` without reaching the server.
     """
