@@ -393,3 +393,54 @@ async def test_a_session_the_server_forgot_is_reopened_once_and_the_call_succeed
     assert mcp_server.sessions_opened() == 2  # the new session is pooled in turn
     first, second, third = _session_ids(mcp_server)
     assert first != second == third
+
+
+@pytest.mark.anyio
+async def test_a_session_whose_owner_ended_is_replaced_by_the_next_call(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    """What a broken transport leaves behind (its owner task ended) is never reused."""
+    from authsec_crewai.integrations import mcp
+
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-auditor"], scopes=SCOPE)
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    runtime = server._binding.runtime()
+    (pooled,) = mcp._pool_of(runtime).live.values()
+
+    async def end_it() -> None:  # as the transport's task group crashing would
+        pooled.scope.cancel()
+        await pooled.finished.wait()
+
+    await runtime.acall(end_it)
+    assert not pooled.alive
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2
+    first, second = _session_ids(mcp_server)
+    assert first != second
+
+
+@pytest.mark.anyio
+async def test_a_pooled_session_refused_even_with_a_fresh_token_answers_401_and_is_dropped(
+    mcp_server: MCPTestServer,
+    brokers: dict[str, SyncTokenBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal of the request itself is the answer: no reopen, no retry of the call."""
+    from authsec_crewai.testing import mcpserver
+
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-analyst"], scopes=SCOPE)
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    before = mcp_server.token_requests
+
+    async def refuse(self: object, token: str) -> None:
+        return None
+
+    monkeypatch.setattr(mcpserver._AuthorityVerifier, "verify_token", refuse)
+    refused = json.loads(await server.acall("whoami", {}))
+    assert refused["error"] == "api_error" and "HTTP 401" in refused["message"], refused
+    assert "a fresh one too" in refused["message"]
+    assert mcp_server.token_requests == before + 1  # BrokerAuth's one refetch
+    assert mcp_server.sessions_opened() == 1  # not reopened
+    monkeypatch.undo()
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2  # the refused session was not kept
