@@ -9,6 +9,7 @@ call carried.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -364,6 +365,8 @@ async def test_two_agents_get_a_session_each_and_never_each_others_tokens(
 async def test_closing_the_shared_brokers_closes_the_session_and_the_next_call_opens_one(
     mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
 ) -> None:
+    from authsec_crewai.integrations import mcp
+
     server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-auditor"], scopes=SCOPE)
     for _ in range(2):
         assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
@@ -374,6 +377,8 @@ async def test_closing_the_shared_brokers_closes_the_session_and_the_next_call_o
     assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
     assert mcp_server.sessions_opened() == 2
     assert _session_ids(mcp_server)[-1] not in (None, first)
+    gc.collect()  # the closed runtime's pool is not kept: only the live runtime's remains
+    assert list(mcp._pools) == [server._binding.runtime()]
 
 
 @pytest.mark.anyio

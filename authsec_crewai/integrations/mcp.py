@@ -410,7 +410,9 @@ class _Pool:
     """
 
     def __init__(self, runtime: BrokerThread) -> None:
-        self.runtime = runtime
+        # weakly: the pools map runtimes to pools weakly, which a strong reference back
+        # from the pool would defeat (every closed runtime and its pool kept for ever)
+        self._runtime = weakref.ref(runtime)
         self.live: dict[_Key, _Pooled] = {}
         self.opening: dict[_Key, anyio.Lock] = {}
         runtime.add_closer(self.aclose)
@@ -423,8 +425,11 @@ class _Pool:
             pooled = self.live.get(key)
             if pooled is not None and pooled.alive:
                 return pooled  # opened while this call waited
+            runtime = self._runtime()
+            if runtime is None:
+                raise errors.BrokerClosedError("the broker's event-loop thread was closed")
             pooled = _Pooled()
-            await self.runtime.start_service(pooled.own, connect())
+            await runtime.start_service(pooled.own, connect())
             self.live[key] = pooled
             return pooled
 
