@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -38,6 +38,9 @@ _CLOSED = "the broker's event-loop thread was closed"
 
 START_TIMEOUT = 30.0
 """Longest :meth:`BrokerThread.start` waits for its loop to run and its broker to enter."""
+
+CLOSE_GRACE = 5.0
+"""Longest each closer (see :meth:`BrokerThread.add_closer`) may take when the runtime closes."""
 
 
 class _Job:
@@ -101,6 +104,7 @@ class BrokerThread:
         self._ended = False  # the loop has stopped: nothing handed to it will run
         self._pending: set[_Job] = set()  # handed to the loop, not finished yet
         self._starting: tuple[LoopRef, anyio.CancelScope] | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._home else "not started")
@@ -176,7 +180,19 @@ class BrokerThread:
                 self._ready.set()
                 await self._stop.wait()
                 self._tg = None  # from now on, new calls fail instead of starting
+                await self._run_closers()
                 tg.cancel_scope.cancel()
+
+    async def _run_closers(self) -> None:
+        """Let the services close on their own terms (an MCP session says goodbye to its
+        server) before the task group is cancelled, each within ``CLOSE_GRACE`` seconds."""
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            with anyio.move_on_after(CLOSE_GRACE):
+                try:
+                    await closer()
+                except Exception as exc:  # best effort: one closer must not keep others
+                    _log.warning("tools.closer_failed", error=type(exc).__name__)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting calls, cancel running ones, close an owned broker. Idempotent."""
@@ -199,6 +215,29 @@ class BrokerThread:
             raise RuntimeError("a runtime cannot be closed from its own event loop")
         if home.call_soon(stop.set):
             thread.join(timeout)
+
+    # --- services: long-lived tasks on the loop ------------------------------------------
+
+    async def start_service(
+        self, func: Callable[..., Coroutine[Any, Any, object]], *args: object
+    ) -> object:
+        """Start ``func(*args, task_status=...)`` in the runtime's task group; return what it
+        passes to ``task_status.started()``. Only on the runtime's own loop.
+
+        Why: a resource whose async context holds task groups (an MCP session)
+        must be entered and exited in one task, and must outlive the call that
+        opened it; such a task lives here and ends when the runtime closes. An
+        error before ``started()`` is raised here, not in the task group.
+        """
+        tg = self._tg
+        if tg is None or self._closed:
+            raise errors.BrokerClosedError(_CLOSED)
+        return await tg.start(func, *args)
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Await ``closer()`` on the loop when the runtime closes, before its tasks are
+        cancelled (a service's graceful end). Only on the runtime's own loop."""
+        self._closers.append(closer)
 
     # --- running calls on the loop ---------------------------------------------------------
 

@@ -9,11 +9,13 @@ call carried.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from crewai import Agent, BaseLLM, Crew, Task
 from crewkit import crewai_env, shared_brokers_closed  # noqa: F401 (autouse fixtures)
@@ -24,6 +26,7 @@ from authsec_crewai import SyncTokenBroker
 from authsec_crewai.demo import observed_results
 from authsec_crewai.integrations.mcp import MCPServer, MCPTool
 from authsec_crewai.testing import MCPTestServer, OAuthAuthority
+from authsec_crewai.tools import close_shared_brokers
 from authsec_crewai.transports import OAuthTransport
 
 pytestmark = pytest.mark.crew
@@ -40,6 +43,7 @@ def mcp_server(as_key: RSAKey) -> Iterator[MCPTestServer]:
         authority.register_client(client, secret=secret, scopes=[SCOPE])
     with MCPTestServer(authority, scopes=[SCOPE]) as server:
         yield server
+        close_shared_brokers()  # the pooled sessions say goodbye while the server listens
 
 
 @pytest.fixture
@@ -287,3 +291,161 @@ def test_no_token_in_any_span_of_an_mcp_call(
     )
     for part in token.value.split("."):
         assert part not in dump
+
+
+# --- pooled sessions: one per (server, agent) on the broker runtime's loop ---------------
+
+
+def _session_ids(server: MCPTestServer, client: str | None = None) -> list[str | None]:
+    """The session id of each tool call the server ran (for ``client``, if given), in order."""
+    return [c.session_id for c in server.calls if client is None or c.client_id == client]
+
+
+@pytest.mark.anyio
+async def test_twenty_sequential_calls_sync_and_async_share_one_session(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-analyst"], scopes=SCOPE)
+    tools = {tool.name: tool for tool in await server.atools()}
+    answers = [json.loads(await tools["whoami"]._arun()) for _ in range(15)]
+    answers += [json.loads(await anyio.to_thread.run_sync(tools["whoami"]._run)) for _ in range(5)]
+    assert [a["status"] for a in answers] == ["ok"] * 20
+    assert mcp_server.sessions_opened() == 1  # the listing and all 20 calls: one initialize
+    assert len(set(_session_ids(mcp_server))) == 1 and None not in _session_ids(mcp_server)
+    assert mcp_server.sessions_closed() == []  # nothing closed between calls
+
+
+@pytest.mark.anyio
+async def test_fifty_concurrent_first_calls_open_one_session(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-analyst"], scopes=SCOPE)
+    answers: list[str] = []
+
+    async def one(i: int) -> None:
+        answers.append(await server.acall("lookup_record", {"record_id": f"r-{i}"}))
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(50):
+            tasks.start_soon(one, i)
+    assert [json.loads(a)["status"] for a in answers] == ["ok"] * 50
+    assert mcp_server.sessions_opened() == 1  # single flight: the 49 others waited for it
+    assert len(set(_session_ids(mcp_server))) == 1
+    assert len(mcp_server.calls) == 50
+
+
+@pytest.mark.anyio
+async def test_two_agents_get_a_session_each_and_never_each_others_tokens(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    servers = {
+        client: MCPServer(mcp_server.mcp_url, broker=broker, scopes=SCOPE)
+        for client, broker in brokers.items()
+    }
+    async with anyio.create_task_group() as tasks:
+        for _ in range(10):
+            for server in servers.values():
+                tasks.start_soon(server.acall, "whoami", {})
+    assert mcp_server.sessions_opened() == 2
+    sessions = {client: set(_session_ids(mcp_server, client)) for client in servers}
+    assert all(len(ids) == 1 for ids in sessions.values())
+    assert not sessions["agent-analyst"] & sessions["agent-auditor"]
+    tokens = {
+        client: {c.token_fingerprint for c in mcp_server.calls if c.client_id == client}
+        for client in servers
+    }
+    assert [len(tokens[c]) for c in servers] == [1, 1] and not set.intersection(*tokens.values())
+    for client, broker in brokers.items():  # each session carried its own agent's token only
+        assert tokens[client] == {broker.token(SCOPE).fingerprint}
+        in_session = [c for c in mcp_server.calls if c.session_id in sessions[client]]
+        assert {c.client_id for c in in_session} == {client}
+
+
+@pytest.mark.anyio
+async def test_closing_the_shared_brokers_closes_the_session_and_the_next_call_opens_one(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    from authsec_crewai.integrations import mcp
+
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-auditor"], scopes=SCOPE)
+    for _ in range(2):
+        assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    (first,) = set(_session_ids(mcp_server))
+    assert mcp_server.sessions_opened() == 1 and mcp_server.sessions_closed() == []
+    await anyio.to_thread.run_sync(close_shared_brokers)
+    assert mcp_server.sessions_closed() == [first]  # the client said goodbye: DELETE
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2
+    assert _session_ids(mcp_server)[-1] not in (None, first)
+    gc.collect()  # the closed runtime's pool is not kept: only the live runtime's remains
+    assert list(mcp._pools) == [server._binding.runtime()]
+
+
+@pytest.mark.anyio
+async def test_a_session_the_server_forgot_is_reopened_once_and_the_call_succeeds(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-analyst"], scopes=SCOPE)
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    mcp_server.forget_sessions()  # a restart: every later request of the session gets 404
+    answer = json.loads(await server.acall("lookup_record", {"record_id": "r-2"}))
+    assert answer["status"] == "ok", answer
+    assert json.loads(answer["data"]["result"])["reader"] == "agent-analyst"
+    assert mcp_server.sessions_opened() == 2  # exactly one reopen
+    assert [r.method for r in mcp_server.requests].count("tools/call") == 3  # one 404'd, resent
+    assert [c.tool for c in mcp_server.calls] == ["whoami", "lookup_record"]  # ran once each
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2  # the new session is pooled in turn
+    first, second, third = _session_ids(mcp_server)
+    assert first != second == third
+
+
+@pytest.mark.anyio
+async def test_a_session_whose_owner_ended_is_replaced_by_the_next_call(
+    mcp_server: MCPTestServer, brokers: dict[str, SyncTokenBroker]
+) -> None:
+    """What a broken transport leaves behind (its owner task ended) is never reused."""
+    from authsec_crewai.integrations import mcp
+
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-auditor"], scopes=SCOPE)
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    runtime = server._binding.runtime()
+    (pooled,) = mcp._pool_of(runtime).live.values()
+
+    async def end_it() -> None:  # as the transport's task group crashing would
+        pooled.scope.cancel()
+        await pooled.finished.wait()
+
+    await runtime.acall(end_it)
+    assert not pooled.alive
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2
+    first, second = _session_ids(mcp_server)
+    assert first != second
+
+
+@pytest.mark.anyio
+async def test_a_pooled_session_refused_even_with_a_fresh_token_answers_401_and_is_dropped(
+    mcp_server: MCPTestServer,
+    brokers: dict[str, SyncTokenBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal of the request itself is the answer: no reopen, no retry of the call."""
+    from authsec_crewai.testing import mcpserver
+
+    server = MCPServer(mcp_server.mcp_url, broker=brokers["agent-analyst"], scopes=SCOPE)
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    before = mcp_server.token_requests
+
+    async def refuse(self: object, token: str) -> None:
+        return None
+
+    monkeypatch.setattr(mcpserver._AuthorityVerifier, "verify_token", refuse)
+    refused = json.loads(await server.acall("whoami", {}))
+    assert refused["error"] == "api_error" and "HTTP 401" in refused["message"], refused
+    assert "a fresh one too" in refused["message"]
+    assert mcp_server.token_requests == before + 1  # BrokerAuth's one refetch
+    assert mcp_server.sessions_opened() == 1  # not reopened
+    monkeypatch.undo()
+    assert json.loads(await server.acall("whoami", {}))["status"] == "ok"
+    assert mcp_server.sessions_opened() == 2  # the refused session was not kept

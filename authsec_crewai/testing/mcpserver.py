@@ -18,6 +18,10 @@ survives the authorization server forgetting every token, the 401 challenge a
 client discovers the issuer from, tokens bound to the resource) is decided by
 the SDK's own bearer middleware, not by code of ours.
 
+Every request to the MCP endpoint is recorded (:attr:`MCPTestServer.requests`:
+the JSON-RPC method or the HTTP method, and the session id), so tests can
+count the sessions clients open and close; :meth:`MCPTestServer.forget_sessions`
+answers 404 to every session known so far, as a restarted server would.
 Its tools record who called (:attr:`MCPTestServer.calls`: the tool, the
 token's client id and fingerprint), so tests can prove which identity each
 call used. ``echo_token`` hands the caller's own token back and ``big``
@@ -33,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .._lazy import requires_extra
 from ..redact import fingerprint
@@ -46,7 +50,7 @@ with requires_extra("mcp", "MCPTestServer"):
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.fastmcp import Context, FastMCP
 
-__all__ = ["MCP_TOOL_NAMES", "MCPCall", "MCPTestServer"]
+__all__ = ["MCP_TOOL_NAMES", "MCPCall", "MCPRequest", "MCPTestServer"]
 
 _MCP_PATH: Final = "/mcp"
 _METADATA_PATH: Final = "/.well-known/oauth-protected-resource/mcp"
@@ -55,11 +59,13 @@ MCP_TOOL_NAMES: Final = ("whoami", "lookup_record", "echo_token", "big", "fail")
 
 @dataclass(frozen=True)
 class MCPCall:
-    """One tool call the server answered: which tool, for whom, with which token."""
+    """One tool call the server answered: which tool, for whom, with which token, in
+    which session."""
 
     tool: str
     client_id: str
     token_fingerprint: str
+    session_id: str | None = None
 
 
 class _AuthorityVerifier:
@@ -82,6 +88,15 @@ class _AuthorityVerifier:
         )
 
 
+@dataclass(frozen=True)
+class MCPRequest:
+    """One HTTP request to the MCP endpoint: the JSON-RPC method it carried (for a POST)
+    or the HTTP method (``GET``, ``DELETE``), and the session id it named, if any."""
+
+    method: str
+    session_id: str | None
+
+
 class MCPTestServer:
     """The protected FastMCP server and its authorization server, on a loopback port.
 
@@ -98,6 +113,9 @@ class MCPTestServer:
         self.scopes = tuple(scopes)
         self.authority.register_resource(_MCP_PATH, scope=self.scopes)
         self.calls: list[MCPCall] = []
+        self.requests: list[MCPRequest] = []
+        """Every request to the MCP endpoint, in order (see :meth:`sessions_opened`)."""
+        self._forgotten: set[str] = set()
         self._oauth = create_oauth_app(self.authority)
         self._server = LoopbackServer(self._dispatch, lifespan=True)
         self.url = self._server.url
@@ -123,6 +141,20 @@ class MCPTestServer:
         """Revoke every token the authority issued (a restart that lost its state)."""
         self.authority.forget_tokens()
 
+    def sessions_opened(self) -> int:
+        """How many ``initialize`` requests (sessions opened) the MCP endpoint received."""
+        return sum(1 for r in self.requests if r.method == "initialize")
+
+    def sessions_closed(self) -> list[str]:
+        """The session ids clients closed (``DELETE``), in order."""
+        return [r.session_id for r in self.requests if r.method == "DELETE" and r.session_id]
+
+    def forget_sessions(self) -> None:
+        """Forget every session opened so far, as a restarted server would: each later
+        request naming one is answered 404 (the streamable HTTP answer to an unknown
+        session), so its client must open a new session."""
+        self._forgotten.update(r.session_id for r in self.requests if r.session_id)
+
     def _caller(self, tool: str, ctx: Context[Any, Any, Any]) -> IssuedToken:
         """The token of the HTTP request that carried this call.
 
@@ -137,7 +169,8 @@ class MCPTestServer:
         token = self.authority.lookup(value.strip()) if scheme.lower() == "bearer" else None
         if token is None:  # the bearer middleware lets no call through without a live one
             raise RuntimeError("no live access token on the request")
-        self.calls.append(MCPCall(tool, token.client_id, fingerprint(token.value)))
+        session_id = None if request is None else request.headers.get("mcp-session-id")
+        self.calls.append(MCPCall(tool, token.client_id, fingerprint(token.value), session_id))
         return token
 
     def _create_mcp(self) -> FastMCP[Any]:
@@ -188,10 +221,47 @@ class MCPTestServer:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The MCP endpoint and its metadata to FastMCP; every other path to the AS."""
-        if scope["type"] == "lifespan" or scope.get("path") in (_MCP_PATH, _METADATA_PATH):
+        if scope["type"] == "http" and scope.get("path") == _MCP_PATH:
+            await self._mcp_request(scope, receive, send)
+        elif scope["type"] == "lifespan" or scope.get("path") in (_MCP_PATH, _METADATA_PATH):
             await self._mcp_app(scope, receive, send)
         else:
             await self._oauth(scope, receive, send)
+
+    async def _mcp_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Record the request (:attr:`requests`), answer 404 to a forgotten session, and
+        hand the rest to FastMCP with the body replayed."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        session_id = headers.get("mcp-session-id")
+        body = b""
+        if scope["method"] == "POST":
+            more = True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        items = parsed if isinstance(parsed, list) else [parsed]
+        methods = [i["method"] for i in items if isinstance(i, dict) and "method" in i]
+        for method in methods or [scope["method"]]:
+            self.requests.append(MCPRequest(method, session_id))
+        if session_id is not None and session_id in self._forgotten:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"session not found"})
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if scope["method"] == "POST" and not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self._mcp_app(scope, replay, send)
 
     def start(self) -> MCPTestServer:
         self._server.start()
