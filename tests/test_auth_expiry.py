@@ -2,11 +2,12 @@
 client's queue.
 
 httpx runs the auth flow (and so takes the token) before the request waits for
-a connection. 1,000 requests queued behind a 4-connection pool, just before a
-short token's expiry, against the mock AuthSec server and vault on a real
-loopback socket: the vault refuses expired tokens. The client's pool, connect
-and write timeouts bound how long a request may still wait; the token handed
-to it must outlive that, and a 401 retry must not fail the same way.
+a connection. 250 requests queued behind a 4-connection pool to an API that
+takes 30 ms each (a queue of about 2 s), just before a short token's expiry,
+against the mock AuthSec server and vault on a real loopback socket: the vault
+refuses expired tokens. The client's pool, connect and write timeouts bound how
+long a request may still wait; the token handed to it must outlive that, and a
+401 retry must not fail the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ RECORDS = "/secure-vault/records"
 LIFETIME = 30  # seconds: every token the authority issues lives this long; well past the
 # 7 s a request may wait, so a loaded machine (the server answering late) has slack
 TIMEOUT = httpx.Timeout(10.0, pool=6.0, connect=0.5, write=0.5)  # may wait 7 s more
-REQUESTS = 1000
+REQUESTS = 250
 ROTATED_KEY = RSAKey.generate_key(2048, parameters={"kid": "default"}, private=True)
 
 
@@ -72,7 +73,7 @@ async def burst(client: httpx.AsyncClient) -> list[int | str]:
 
 async def run_queue(server: MockServer, client_id: str, *, minting: bool) -> dict[str, Any]:
     expires = near_expiry(server, client_id)
-    server.faults.add(Fault.slow(0.004), count=10 * REQUESTS, path=RECORDS)  # a busy API
+    server.faults.add(Fault.slow(0.03), count=10 * REQUESTS, path=RECORDS)  # a busy API
     transport = LiveTransport(server.url, retry_budget=0)
     answered: list[int] = []  # every response, a refused first attempt's included
 
