@@ -79,12 +79,11 @@ def _settings_key(settings: AuthSecSettings) -> tuple[Hashable, ...]:
     absent too: it does not change the tokens, only their use.
     """
     api_token = settings.api_token_value()
-    oauth = settings.resolved_mode == "oauth" or bool(settings.oauth_issuer or settings.resource)
     return (  # the first three say where tokens come from: a given transport replaces them
         settings.resolved_mode,
         settings.base_url,
         _digest(
-            settings.client_id if oauth else None,
+            settings.client_id if settings.from_oauth_server else None,
             settings.oauth_issuer,
             settings.resource,
             *settings.oauth_secrets(),

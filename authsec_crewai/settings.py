@@ -635,6 +635,12 @@ class AuthSecSettings(BaseSettings):
         return client_id_for_role(self.agents, role)
 
     @property
+    def from_oauth_server(self) -> bool:
+        """True when tokens come from an OAuth server: ``oauth`` mode, or a ``record``
+        of one (its issuer or resource set). One answer for the wiring and the tools."""
+        return self._resolved_mode == "oauth" or _records_oauth(self)
+
+    @property
     def auto_chose_mock(self) -> bool:
         """True when ``auto`` resolved to mock because the server is not configured:
         the case the wiring warns about once and the command line notes."""
@@ -715,7 +721,7 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
     mode = settings.mode
     if mode == "oauth":
         return _resolve_oauth(settings)
-    oauth_recording = mode == "record" and bool(settings.oauth_issuer or settings.resource)
+    oauth_recording = _records_oauth(settings)
     if oauth_recording:
         _resolve_oauth(settings)  # recording an OAuth server: its settings, its rules
     elif settings.client_id is not None and not is_uuid_text(settings.client_id):
@@ -743,6 +749,11 @@ def _resolve(settings: AuthSecSettings) -> ResolvedMode:
             "of the cassette file to " + ("write" if mode == "record" else "read")
         )
     return mode
+
+
+def _records_oauth(settings: AuthSecSettings) -> bool:
+    """``record`` of an OAuth server: its issuer or resource is set."""
+    return settings.mode == "record" and bool(settings.oauth_issuer or settings.resource)
 
 
 def _resolve_oauth(settings: AuthSecSettings) -> ResolvedMode:

@@ -95,7 +95,7 @@ def recording_source(settings: AuthSecSettings) -> Transport:
     id (or ``AUTHSEC_AGENTS``) are set, else the mock (settings refuse half a live
     configuration in ``record``); the OAuth server when ``AUTHSEC_OAUTH_ISSUER`` or
     ``AUTHSEC_RESOURCE`` is set (its refresh chain, if any, kept in this process)."""
-    if settings.oauth_issuer is not None or settings.resource is not None:
+    if settings.from_oauth_server:
         return oauth_transport(settings)
     if settings.base_url is not None:
         return _live_transport(settings)
